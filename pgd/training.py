@@ -1,0 +1,351 @@
+"""One training loop for every model of the book: ERM, the GCE-trained biased model, and PGD's
+debiased model differ only in their loss and in how batches are sampled.
+
+The loop selects its model on the validation split only (never the test split), writes an atomic
+checkpoint after every epoch, and resumes a killed run exactly: model, optimiser, learning-rate
+schedule, the sampler's random generator and torch's global random state are all restored, so on
+CPU a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, RandomSampler, Sampler
+from tqdm.auto import tqdm
+
+from .data import batch_loader
+from .metrics import predict
+from .storage import CorruptFileError, atomic_save, safe_load
+
+PROGRESS_ENV = "PGD_PROGRESS"
+OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("ce", "gce")
+SELECTIONS = ("valid_loss", "valid_accuracy", "last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training stage.
+
+    Attributes:
+        epochs: passes over the data (for importance sampling: N draws each).
+        batch_size: samples per step.
+        optimizer: ``sgd`` (with ``momentum``) or ``adam``.
+        lr, momentum, weight_decay: optimiser settings.
+        lr_step: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs (None: never).
+        loss: ``ce`` (cross-entropy) or ``gce`` (generalized cross-entropy, the biased model's).
+        gce_q: the GCE exponent q.
+        selection: which epoch's weights to keep: lowest validation loss, highest validation
+            accuracy, or the last epoch.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    lr_step: int | None = 40
+    lr_gamma: float = 0.1
+    loss: str = "ce"
+    gce_q: float = 0.7
+    selection: str = "valid_loss"
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in (
+            (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.loss, LOSSES, "loss"),
+            (self.selection, SELECTIONS, "selection"),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+
+
+class GeneralizedCELoss(nn.Module):
+    """Generalized cross-entropy (Zhang & Sabuncu, 2018) as LfF and the official PGD code use it.
+
+    GCE is ``(1 - p_y^q) / q``; its gradient is ``p_y^q`` times that of the cross-entropy, so it
+    down-weights samples the model finds hard and amplifies whatever is easiest to learn (here:
+    colour). Like LfF and the official code, this returns ``q * p_y^q * CE`` with ``p_y^q``
+    detached: the gradient is ``q`` times the textbook GCE gradient.
+
+    Input ``(B, C)`` logits and ``(B,)`` labels; output ``(B,)`` per-sample losses.
+    """
+
+    def __init__(self, q: float = 0.7) -> None:
+        super().__init__()
+        if not 0 < q <= 1:
+            raise ValueError(f"GCE's q must lie in (0, 1], got {q}")
+        self.q = q
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        p_y = torch.exp(-ce).detach()
+        return ce * p_y.pow(self.q) * self.q
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model, holding the selected epoch's weights.
+        history: one row per epoch: train loss and accuracy, validation loss and accuracy,
+            learning rate, seconds; ``history.attrs["best_epoch"]`` repeats ``best_epoch``.
+        best_epoch: the selected epoch (0-based).
+        resumed_from: the epoch a resumed run continued after, else None.
+    """
+
+    model: nn.Module
+    history: pd.DataFrame
+    best_epoch: int
+    resumed_from: int | None = None
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _is_better(selection: str, value: dict[str, float], best: float | None) -> bool:
+    if selection == "last" or best is None:
+        return True
+    if selection == "valid_loss":
+        return value["valid_loss"] <= best  # ties go to the later epoch, as in the official code
+    return value["valid_accuracy"] >= best
+
+
+def _selection_value(selection: str, row: dict[str, float]) -> float:
+    return row["valid_accuracy"] if selection == "valid_accuracy" else row["valid_loss"]
+
+
+def _resume_note(resumed_from: int | None, epochs: int) -> str:
+    if resumed_from is None:
+        return ""
+    if resumed_from >= epochs:
+        return "; read back from its finished checkpoint"
+    return f"; resumed after epoch {resumed_from}"
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (loaded with ``weights_only=True``), or None if there is none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return safe_load(path)
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    valid_set: Dataset,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    sampler: Sampler | None = None,
+    device: torch.device | str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    desc: str = "training",
+    progress: bool | None = None,
+    stop_after_batches: int | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_set``, selecting weights on ``valid_set``.
+
+    Args:
+        model: the network; its current weights are the starting point.
+        train_set, valid_set: datasets of ``(image, label, bias_label, index)`` items.
+        config: hyper-parameters.
+        seed: seeds the sampler's generator (uniform shuffling when ``sampler`` is None).
+        sampler: how training indices are drawn each epoch (default: a uniform shuffle). Give
+            it its own ``torch.Generator`` to make epochs reproducible; its state is then
+            checkpointed with the rest.
+        device: where to train.
+        checkpoint: file written atomically after every epoch (None: no checkpoints).
+        resume: continue from ``checkpoint`` if it exists and was written for the same
+            ``fingerprint``; a finished checkpoint returns at once.
+        fingerprint: identifies the experiment (configuration, data, code) in the checkpoint.
+        desc: label of the progress bar.
+        progress: True: a tqdm progress bar over epochs; False: silent; None (default): a bar,
+            unless ``$PGD_PROGRESS`` is 0, then one summary line when the stage ends (what the
+            committed notebooks show).
+        stop_after_batches: raise KeyboardInterrupt after this many batches in total (to
+            simulate a killed run in tests).
+
+    Returns:
+        A :class:`TrainResult` whose model holds the selected weights.
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite (names epoch and batch).
+    """
+    device = torch.device(device)
+    model.to(device)
+    optimizer = _make_optimizer(model, config)
+    step = config.lr_step if config.lr_step else config.epochs + 1
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+    if sampler is None:
+        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+    generator: torch.Generator | None = getattr(sampler, "generator", None)
+    criterion = GeneralizedCELoss(config.gce_q) if config.loss == "gce" else None
+    loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=device.type == "cuda")
+    identity = {"fingerprint": fingerprint, "config": asdict(config)}
+
+    start, history, best_value, best_state, best_epoch, resumed_from = 0, [], None, None, -1, None
+    state = None
+    if resume and checkpoint is not None:
+        try:
+            state = load_checkpoint(checkpoint)
+        except CorruptFileError as error:
+            raise CorruptFileError(
+                f"{error}. Delete {checkpoint} to restart this stage, or run without --resume."
+            ) from error
+    if state is not None and state.get("identity") != identity:
+        warnings.warn(
+            f"checkpoint {checkpoint} was written for another configuration or code version; "
+            "starting this stage from scratch (it will be overwritten).",
+            stacklevel=2,
+        )
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if generator is not None:
+            generator.set_state(state["generator"])
+        _set_rng_state(state["rng"])
+        history, best_value = state["history"], state["best_value"]
+        best_state, best_epoch = state["best_state"], state["best_epoch"]
+        start = resumed_from = state["epoch"] + 1
+
+    summary_line = progress is None and os.environ.get(PROGRESS_ENV, "1") == "0"
+    if progress is None:
+        progress = not summary_line
+    batches_seen = 0
+    bar = tqdm(
+        range(start, config.epochs),
+        desc=desc,
+        initial=start,
+        total=config.epochs,
+        disable=not progress,
+        unit="epoch",
+        dynamic_ncols=True,
+    )
+    for epoch in bar:
+        model.train()
+        began = time.perf_counter()
+        loss_sum, correct, seen = 0.0, torch.zeros((), device=device, dtype=torch.long), 0
+        for batch, (images, labels, _bias, _index) in enumerate(loader):
+            if stop_after_batches is not None and batches_seen >= stop_after_batches:
+                raise KeyboardInterrupt(f"stopped after {batches_seen} batches (test hook)")
+            batches_seen += 1
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = model(images)
+            if criterion is None:
+                loss = F.cross_entropy(logits, labels)
+            else:
+                loss = criterion(logits, labels).mean()
+            loss_value = loss.item()  # the one host-device synchronisation per batch
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"{desc}: the training loss became {loss_value} at epoch {epoch + 1}, batch "
+                    f"{batch + 1}. Lower the learning rate (now {scheduler.get_last_lr()[0]:g}) "
+                    "or check the inputs for NaN values."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        valid = predict(model, valid_set, device=device)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": int(correct) / max(seen, 1),
+            "valid_loss": float(valid.losses.mean()),
+            "valid_accuracy": float(valid.correct.float().mean()),
+            "lr": lr,
+            "seconds": time.perf_counter() - began,
+        }
+        history.append(row)
+        if _is_better(config.selection, row, best_value):
+            best_value = _selection_value(config.selection, row)
+            best_state, best_epoch = _cpu_state(model), epoch
+        bar.set_postfix(
+            train_acc=f"{row['train_accuracy']:.3f}",
+            valid_acc=f"{row['valid_accuracy']:.3f}",
+            valid_loss=f"{row['valid_loss']:.3f}",
+        )
+        if checkpoint is not None:
+            atomic_save(
+                {
+                    "identity": identity,
+                    "epoch": epoch,
+                    "finished": epoch == config.epochs - 1,
+                    "model": _cpu_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state() if generator is not None else None,
+                    "rng": _rng_state(),
+                    "history": history,
+                    "best_value": best_value,
+                    "best_state": best_state,
+                    "best_epoch": best_epoch,
+                },
+                checkpoint,
+            )
+    bar.close()
+    if best_state is None:
+        raise CorruptFileError(f"{checkpoint} holds no selected weights; delete it and rerun")
+    model.load_state_dict(best_state)
+    if summary_line:
+        kept = history[best_epoch]
+        seconds = sum(row["seconds"] for row in history)
+        print(
+            f"{desc}: {config.epochs} epochs, {seconds:.0f} s of training; kept epoch "
+            f"{best_epoch + 1} (valid loss {kept['valid_loss']:.3f}, valid accuracy "
+            f"{100 * kept['valid_accuracy']:.1f}%)" + _resume_note(resumed_from, config.epochs)
+        )
+    frame = pd.DataFrame(history)
+    frame.attrs["best_epoch"] = best_epoch
+    return TrainResult(model, frame, best_epoch, resumed_from)
