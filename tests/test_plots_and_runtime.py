@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+
+from pgd import plots
+from pgd.metrics import group_accuracy_table, predict
+from pgd.models import build_model
+from pgd.profiles import get_profile
+from pgd.runtime import notebook_setup, provenance, provenance_table, resolve_device
+
+
+def test_sample_grid_shows_aligned_and_conflicting_panels(cmnist):
+    fig = plots.plot_samples_by_group(cmnist.train, per_group=4)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["bias-aligned", "bias-conflicting"]
+    image = fig.axes[1].images[0].get_array()
+    assert image.shape == (10 * 30 + 2, 4 * 30 + 2, 3)
+    plt.close(fig)
+
+
+def test_score_histogram_has_one_series_per_group():
+    scores = torch.cat([torch.rand(50) * 0.1, torch.rand(5) + 1])
+    conflicting = torch.arange(55) >= 50
+    ax = plots.plot_score_histograms(scores, conflicting)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == ["bias-aligned", "bias-conflicting"]
+    plt.close(ax.figure)
+
+
+def test_accuracy_bars_and_heatmap_draw_from_the_data(cmnist):
+    frame = pd.DataFrame(
+        {
+            "ratio": [0.01, 0.01, 0.05, 0.05],
+            "method": ["a", "b", "a", "b"],
+            "accuracy": [10, 20, 30, 40],
+        }
+    )
+    ax = plots.plot_accuracy_bars(frame)
+    heights = sorted(round(p.get_height()) for p in ax.patches if p.get_height() > 0)
+    assert heights == [10, 20, 30, 40]
+    plt.close(ax.figure)
+    torch.manual_seed(0)
+    groups = group_accuracy_table(predict(build_model("mlp"), cmnist.test))
+    ax = plots.plot_group_heatmap(groups)
+    assert ax.collections[0].get_array().size == len(groups) == 100
+    plt.close(ax.figure)
+
+
+def test_provenance_names_device_versions_and_code():
+    info = provenance("cpu")
+    assert info["device"].startswith("cpu")
+    assert info["torch"] == torch.__version__.split("+")[0] or info["torch"].startswith("2.")
+    assert len(info["pgd code"]) == 12
+    table = provenance_table(get_profile("quick"), resolve_device("cpu"), "some data")
+    assert (
+        table.loc["profile", "value"].startswith("quick")
+        and table.loc["data", "value"] == "some data"
+    )
+
+
+def test_notebook_setup_reports_profile_device_and_folders(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PGD_PROFILE", "full")
+    env = notebook_setup()
+    out = capsys.readouterr().out
+    assert env.profile.name == "full" and not env.colab
+    assert env.data_root == (tmp_path / "data").resolve()
+    assert "profile 'full'" in out and "GPU" in out
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu0"])
+def test_unknown_device_names_are_refused(name):
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device(name)

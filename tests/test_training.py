@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pgd import storage
+from pgd.data import ColoredMNIST
+from pgd.models import build_model
+from pgd.sampling import importance_sampler
+from pgd.storage import CorruptFileError, atomic_save, safe_load
+from pgd.training import GeneralizedCELoss, TrainConfig, load_checkpoint, train
+
+CNN_FAST = TrainConfig(epochs=3, batch_size=64, lr=0.02, lr_step=2)
+
+
+def _fresh(name: str = "cnn", seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(name)
+
+
+def test_gce_gradient_is_q_times_the_textbook_gce_gradient():
+    q = 0.7
+    logits = torch.randn(5, 10, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 3, 9, 1])
+    GeneralizedCELoss(q)(logits, labels).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    p_y = F.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
+    ((1 - p_y.pow(q)) / q).sum().backward()
+    torch.testing.assert_close(ours, q * logits.grad)
+
+
+def test_gce_rejects_q_outside_zero_one():
+    with pytest.raises(ValueError, match="q must lie"):
+        GeneralizedCELoss(0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("optimizer", "rmsprop"), ("loss", "mse"), ("selection", "test")]
+)
+def test_unknown_training_options_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"unknown {field}"):
+        TrainConfig(epochs=1, **{field: value})
+
+
+def test_nan_loss_stops_with_the_epoch_and_batch(cmnist):
+    bad = cmnist.train.head(200)
+    bad = ColoredMNIST(
+        bad.digits, bad.labels, bad.bias_labels, torch.full_like(bad.noise, torch.nan), "train"
+    )
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1"):
+        train(_fresh("mlp"), bad, cmnist.valid.head(50), TrainConfig(epochs=1), progress=False)
+
+
+def test_selection_keeps_the_epoch_of_lowest_validation_loss(cmnist):
+    result = train(
+        _fresh(), cmnist.train.head(400), cmnist.valid.head(100), CNN_FAST, progress=False
+    )
+    losses = result.history["valid_loss"].tolist()
+    assert result.best_epoch == max(i for i, v in enumerate(losses) if v == min(losses))
+    last = train(
+        _fresh(),
+        cmnist.train.head(400),
+        cmnist.valid.head(100),
+        TrainConfig(**{**CNN_FAST.__dict__, "selection": "last"}),
+        progress=False,
+    )
+    assert last.best_epoch == CNN_FAST.epochs - 1
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_killed_run_resumes_to_identical_weights(cmnist, tmp_path, weighted):
+    train_set, valid_set = cmnist.train.head(320), cmnist.valid.head(100)
+
+    def sampler():
+        if not weighted:
+            return None
+        scores = torch.linspace(0.1, 1.0, len(train_set))
+        return importance_sampler(scores, generator=torch.Generator().manual_seed(0))
+
+    whole = train(
+        _fresh(),
+        train_set,
+        valid_set,
+        CNN_FAST,
+        sampler=sampler(),
+        checkpoint=tmp_path / "whole.pt",
+        progress=False,
+    )
+    # 5 batches per epoch: stop in the middle of the second epoch, then resume.
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _fresh(),
+            train_set,
+            valid_set,
+            CNN_FAST,
+            sampler=sampler(),
+            checkpoint=tmp_path / "cut.pt",
+            progress=False,
+            stop_after_batches=7,
+        )
+    assert load_checkpoint(tmp_path / "cut.pt")["epoch"] == 0
+    resumed = train(
+        _fresh(seed=99),
+        train_set,
+        valid_set,
+        CNN_FAST,
+        sampler=sampler(),
+        checkpoint=tmp_path / "cut.pt",
+        resume=True,
+        progress=False,
+    )
+    assert resumed.resumed_from == 1
+    final_whole = load_checkpoint(tmp_path / "whole.pt")["model"]
+    final_resumed = load_checkpoint(tmp_path / "cut.pt")["model"]
+    assert _weights_equal(final_whole, final_resumed)
+    assert _weights_equal(whole.model.state_dict(), resumed.model.state_dict())
+    assert whole.history.drop(columns="seconds").equals(resumed.history.drop(columns="seconds"))
+
+
+def test_finished_checkpoint_returns_without_training(cmnist, tmp_path):
+    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
+    config = TrainConfig(epochs=1, batch_size=64)
+    first = train(
+        _fresh(), train_set, valid_set, config, checkpoint=tmp_path / "c.pt", progress=False
+    )
+
+    class Exploding(ColoredMNIST):
+        def __getitem__(self, index):
+            raise AssertionError("trained again")
+
+    exploding = Exploding(
+        train_set.digits, train_set.labels, train_set.bias_labels, train_set.noise, "train"
+    )
+    again = train(
+        _fresh(seed=5),
+        exploding,
+        valid_set,
+        config,
+        checkpoint=tmp_path / "c.pt",
+        resume=True,
+        progress=False,
+    )
+    assert _weights_equal(first.model.state_dict(), again.model.state_dict())
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(cmnist, tmp_path):
+    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
+    config = TrainConfig(epochs=1, batch_size=64)
+    train(
+        _fresh(),
+        train_set,
+        valid_set,
+        config,
+        checkpoint=tmp_path / "c.pt",
+        fingerprint="A",
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="another configuration"):
+        result = train(
+            _fresh(),
+            train_set,
+            valid_set,
+            config,
+            checkpoint=tmp_path / "c.pt",
+            fingerprint="B",
+            resume=True,
+            progress=False,
+        )
+    assert result.resumed_from is None
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert safe_load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+class Payload:
+    """An arbitrary pickled object: weights_only loading must refuse it."""
+
+
+def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"model": Payload()}, path)
+    with pytest.raises(CorruptFileError, match="cannot be read"):
+        safe_load(path)
+
+
+def test_unreadable_checkpoint_on_resume_says_how_to_recover(cmnist, tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CorruptFileError, match="Delete"):
+        train(
+            _fresh(),
+            cmnist.train.head(64),
+            cmnist.valid.head(32),
+            TrainConfig(epochs=1),
+            checkpoint=path,
+            resume=True,
+            progress=False,
+        )
+
+
+def test_without_bars_a_stage_ends_with_one_summary_line(cmnist, monkeypatch, capsys):
+    monkeypatch.setenv("PGD_PROGRESS", "0")
+    train(
+        _fresh(), cmnist.train.head(128), cmnist.valid.head(50), TrainConfig(epochs=2), desc="demo"
+    )
+    out = capsys.readouterr()
+    assert out.out.startswith("demo: 2 epochs,") and "kept epoch" in out.out
+    assert "epoch/s" not in out.err  # no progress bar
