@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .data import DIGIT_SOURCES, DataUnavailableError
@@ -92,21 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = ExperimentConfig(
-        dataset=args.dataset,
-        method=args.method,
-        ratio=args.ratio,
-        digits=args.digits,
-        model=args.model,
-        profile=args.profile,
-        epochs=args.epochs,
-        seed=args.seed,
-        data_seed=args.data_seed,
-        score_p=args.score_p,
-        score_bias=args.score_bias,
-        debiased_init=args.debiased_init,
-        device=args.device,
-    )
+    # Every option named like a field of ExperimentConfig goes into it.
+    config = ExperimentConfig(**{f.name: getattr(args, f.name) for f in fields(ExperimentConfig)})
     result = run(
         config,
         data_root=args.data_root,

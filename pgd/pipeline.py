@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Sampler
 
 from .data import ColoredMNISTSplits, make_colored_mnist
 from .metrics import group_accuracy_table, predict, summarize
@@ -176,30 +177,49 @@ def load_data(
     return data.limit(profile.max_train, profile.max_eval)
 
 
-@dataclass
-class _Stage:
-    """Where a stage checkpoints, and what identifies it."""
-
-    checkpoint: Path | None
-    fingerprint: str
-
-
-def _stage(
-    config: ExperimentConfig, data: ColoredMNISTSplits, folder: Path | None, stage: str
-) -> _Stage:
+def _fingerprint(config: ExperimentConfig, data: ColoredMNISTSplits, stage: str) -> str:
+    """Identifies a stage's checkpoint: configuration, stage, data and code version."""
     ident = {
         "config": asdict(config),
         "stage": stage,
         "data": [data.source, tensor_checksum({"b": data.train.bias_labels})[:16], len(data.train)],
         "code": code_fingerprint(),
     }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return _Stage(folder / f"{stage}.pt" if folder is not None else None, digest)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fresh_model(config: ExperimentConfig, data: ColoredMNISTSplits) -> nn.Module:
     seed_everything(config.seed)
     return build_model(config.model, num_classes=data.train.num_classes)
+
+
+def _train_stage(
+    stage: str,
+    model: nn.Module,
+    config: ExperimentConfig,
+    data: ColoredMNISTSplits,
+    *,
+    desc: str,
+    sampler: Sampler | None = None,
+    folder: Path | None,
+    resume: bool,
+    progress: bool | None,
+) -> TrainResult:
+    """Train one stage (``vanilla``, ``biased`` or ``debiased``) with its checkpoint file."""
+    return train(
+        model,
+        data.train,
+        data.valid,
+        stage_config(config.model, stage, config.profile_spec.epochs),
+        seed=config.seed,
+        sampler=sampler,
+        device=resolve_device(config.device),
+        checkpoint=folder / f"{stage}.pt" if folder is not None else None,
+        resume=resume,
+        fingerprint=_fingerprint(config, data, stage),
+        desc=desc,
+        progress=progress,
+    )
 
 
 def train_vanilla(
@@ -211,18 +231,15 @@ def train_vanilla(
     progress: bool | None = None,
 ) -> TrainResult:
     """ERM: cross-entropy, uniform shuffled batches, selection on validation loss."""
-    stage = _stage(config, data, folder, "vanilla")
-    return train(
-        _fresh_model(config, data),
-        data.train,
-        data.valid,
-        stage_config(config.model, "vanilla", config.profile_spec.epochs),
-        seed=config.seed,
-        device=resolve_device(config.device),
-        checkpoint=stage.checkpoint,
-        resume=resume,
-        fingerprint=stage.fingerprint,
+    model = _fresh_model(config, data)
+    return _train_stage(
+        "vanilla",
+        model,
+        config,
+        data,
         desc="vanilla",
+        folder=folder,
+        resume=resume,
         progress=progress,
     )
 
@@ -236,19 +253,10 @@ def train_biased(
     progress: bool | None = None,
 ) -> TrainResult:
     """PGD step 1: GCE (q = 0.7), uniform shuffled batches, the last epoch's weights."""
-    stage = _stage(config, data, folder, "biased")
-    return train(
-        _fresh_model(config, data),
-        data.train,
-        data.valid,
-        stage_config(config.model, "biased", config.profile_spec.epochs),
-        seed=config.seed,
-        device=resolve_device(config.device),
-        checkpoint=stage.checkpoint,
-        resume=resume,
-        fingerprint=stage.fingerprint,
-        desc="PGD 1/3 biased model",
-        progress=progress,
+    model = _fresh_model(config, data)
+    desc = "PGD 1/3 biased model"
+    return _train_stage(
+        "biased", model, config, data, desc=desc, folder=folder, resume=resume, progress=progress
     )
 
 
@@ -272,26 +280,21 @@ def train_debiased(
     """PGD step 3: cross-entropy on importance-sampled batches (N draws with replacement per
     epoch, probability proportional to the score, no reweighting), selection on validation loss.
     """
-    stage = _stage(config, data, folder, "debiased")
     if config.debiased_init == "biased":
         model = build_model(config.model, num_classes=data.train.num_classes)
         model.load_state_dict(biased.state_dict())
         seed_everything(config.seed)
     else:
         model = _fresh_model(config, data)
-    sampler = importance_sampler(scores, generator=torch.Generator().manual_seed(config.seed))
-    return train(
+    return _train_stage(
+        "debiased",
         model,
-        data.train,
-        data.valid,
-        stage_config(config.model, "debiased", config.profile_spec.epochs),
-        seed=config.seed,
-        sampler=sampler,
-        device=resolve_device(config.device),
-        checkpoint=stage.checkpoint,
-        resume=resume,
-        fingerprint=stage.fingerprint,
+        config,
+        data,
         desc="PGD 3/3 debiased model",
+        sampler=importance_sampler(scores, generator=torch.Generator().manual_seed(config.seed)),
+        folder=folder,
+        resume=resume,
         progress=progress,
     )
 
