@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +328,6 @@ class ExperimentResult:
     scores: Tensor | None = None
     conflicting_mass: float | None = None
     checkpoint_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: configuration, data, seeds, device, metrics, timings."""
@@ -416,11 +415,12 @@ def run(
             biased.model, scores, config, data, folder=folder, resume=resume, progress=progress
         )
         histories["debiased"] = result.history
-    metrics = {
-        split: summarize(predict(result.model, getattr(data, split), device=device))
+    predictions = {
+        split: predict(result.model, getattr(data, split), device=device)
         for split in ("test", "valid")
     }
-    test_groups = group_accuracy_table(predict(result.model, data.test, device=device))
+    metrics = {split: summarize(p) for split, p in predictions.items()}
+    test_groups = group_accuracy_table(predictions["test"])
     train_conflicting = int(data.train.is_conflicting.sum())
     data_info = {
         "dataset": config.dataset,

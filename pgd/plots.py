@@ -74,10 +74,10 @@ def plot_score_histograms(
             "group": np.where(is_conflicting.numpy(), "bias-conflicting", "bias-aligned"),
         }
     )
-    if log_x:
-        frame["score"] = frame["score"].clip(
-            lower=max(float(frame["score"][frame.score > 0].min()), 1e-12)
-        )
+    positive = frame["score"][frame["score"] > 0]
+    log_x = log_x and not positive.empty
+    if log_x:  # zeros cannot sit on a log axis: show them at the smallest positive score
+        frame["score"] = frame["score"].clip(lower=float(positive.min()))
     ax = ax or plt.subplots(figsize=(7, 3.5))[1]
     sns.histplot(
         data=frame,

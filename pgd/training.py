@@ -308,9 +308,10 @@ def train(
             "seconds": time.perf_counter() - began,
         }
         history.append(row)
+        current = _cpu_state(model)  # a fresh copy, never modified: safe to keep as the best
         if _is_better(config.selection, row, best_value):
             best_value = _selection_value(config.selection, row)
-            best_state, best_epoch = _cpu_state(model), epoch
+            best_state, best_epoch = current, epoch
         bar.set_postfix(
             train_acc=f"{row['train_accuracy']:.3f}",
             valid_acc=f"{row['valid_accuracy']:.3f}",
@@ -322,7 +323,7 @@ def train(
                     "identity": identity,
                     "epoch": epoch,
                     "finished": epoch == config.epochs - 1,
-                    "model": _cpu_state(model),
+                    "model": current,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state() if generator is not None else None,

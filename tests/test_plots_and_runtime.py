@@ -78,3 +78,13 @@ def test_notebook_setup_reports_profile_device_and_folders(monkeypatch, tmp_path
 def test_unknown_device_names_are_refused(name):
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device(name)
+
+
+def test_score_histogram_survives_zero_scores():
+    scores = torch.tensor([0.0, 0.0, 0.5, 2.0])
+    ax = plots.plot_score_histograms(scores, torch.tensor([False, False, False, True]))
+    assert ax.get_xscale() == "log"
+    plt.close(ax.figure)
+    ax = plots.plot_score_histograms(torch.zeros(4), torch.tensor([False, False, True, True]))
+    assert ax.get_xscale() == "linear"
+    plt.close(ax.figure)
