@@ -14,6 +14,7 @@ from .models import MODELS
 from .pipeline import DATASETS, DEBIASED_INITS, METHODS, ExperimentConfig, run
 from .profiles import PROFILES
 from .runtime import DEVICES, loud_warning
+from .scores import SCORE_LAYERS
 from .storage import CorruptFileError
 
 
@@ -69,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="training seed")
     r.add_argument("--data-seed", type=int, default=None, help="colouring seed (default: --seed)")
     r.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
-    r.add_argument("--score-p", type=_norm_order, default=2.0, help="norm order of PGD's score")
+    r.add_argument(
+        "--score-layers",
+        choices=SCORE_LAYERS,
+        default="last",
+        help="PGD's score: gradient norm over the last layer (official, default) or over all "
+        "parameters (exact, one backward pass per batch)",
+    )
+    r.add_argument(
+        "--score-p", type=_norm_order, default=2.0, help="norm order of the last-layer score"
+    )
     r.add_argument(
         "--score-bias", action="store_true", help="include the last layer's bias in the score"
     )
@@ -107,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         f"\nPGD book, {config.dataset}, method={config.method}, ratio={config.ratio:g}, "
         f"model={config.model}, profile={config.profile_spec.name}, "
         f"epochs={config.profile_spec.epochs}, seed={config.seed}"
+        + (f", score over {config.score_layers} layers" if config.method == "pgd" else "")
     )
     print(f"data: {result.data['description']}")
     print(f"device: {summary['device']}; wall time {summary['seconds']:.1f} s")

@@ -35,7 +35,7 @@ from .models import MODELS, build_model
 from .profiles import Profile, get_profile
 from .runtime import code_fingerprint, provenance, resolve_device, runs_root, seed_everything
 from .sampling import importance_sampler, probability_mass, sampling_probabilities
-from .scores import last_layer_grad_norms
+from .scores import SCORE_LAYERS, grad_norm_scores
 from .storage import tensor_checksum
 from .training import TrainConfig, TrainResult, train
 
@@ -67,7 +67,10 @@ class ExperimentConfig:
         epochs: override the profile's epochs per training stage (None: the profile's).
         seed: seeds weight initialisation, batch order and dropout.
         data_seed: seeds the dataset's colouring (default: ``seed``).
-        score_p: norm order of PGD's score (official flag default 0.7; the book uses 2).
+        score_layers: PGD's score is the per-sample gradient norm over the ``last`` linear layer's
+            weight (official, default) or over ``all`` parameters of the network (the paper's
+            theory; exact, see :mod:`pgd.grad_norms`).
+        score_p: norm order of the last-layer score (official flag default 0.7; the book uses 2).
         score_bias: include the last layer's bias in the score (the official code does not).
         debiased_init: PGD's debiased model starts from the ``biased`` weights (official) or
             from ``scratch``.
@@ -83,6 +86,7 @@ class ExperimentConfig:
     epochs: int | None = None
     seed: int = 0
     data_seed: int | None = None
+    score_layers: str = "last"
     score_p: float = 2.0
     score_bias: bool = False
     debiased_init: str = "biased"
@@ -104,8 +108,14 @@ class ExperimentConfig:
         fix(self, "ratio", check_ratio(self.ratio))
         if self.data_seed is None:
             fix(self, "data_seed", self.seed)
+        fix(self, "score_layers", _choice(self.score_layers, SCORE_LAYERS, "score layers"))
         if not (self.score_p > 0 or math.isinf(self.score_p)):
             raise ValueError(f"score_p must be positive, got {self.score_p}")
+        if self.score_layers == "all" and (self.score_p != 2.0 or self.score_bias):
+            raise ValueError(
+                "score_layers='all' scores every parameter, biases included, with the Euclidean "
+                "norm: score_p and score_bias apply to last-layer scores only"
+            )
 
     @property
     def profile_spec(self) -> Profile:
@@ -129,6 +139,8 @@ class ExperimentConfig:
         if self.data_seed != self.seed:
             parts.append(f"data{self.data_seed}")
         if self.method == "pgd":
+            if self.score_layers != "last":
+                parts.append(f"{self.score_layers}layers")
             if self.score_p != 2.0:
                 parts.append(f"p{self.score_p:g}")
             if self.score_bias:
@@ -261,9 +273,14 @@ def train_biased(
 
 
 def pgd_scores(biased: nn.Module, data: ColoredMNISTSplits, config: ExperimentConfig) -> Tensor:
-    """PGD step 2: ``(N,)`` last-layer per-sample gradient norms of the biased model."""
-    return last_layer_grad_norms(
-        biased, data.train, p=config.score_p, include_bias=config.score_bias
+    """PGD step 2: ``(N,)`` per-sample gradient norms of the biased model (eval mode), over its
+    last layer or all its parameters (``config.score_layers``)."""
+    return grad_norm_scores(
+        biased,
+        data.train,
+        layers=config.score_layers,
+        p=config.score_p,
+        include_bias=config.score_bias,
     )
 
 

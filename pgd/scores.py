@@ -11,6 +11,9 @@ p-norm of an outer product factorises, so
 and one forward pass gives every score exactly, with no backward pass at all. The official code
 obtains the same numbers with one backward pass per sample; :func:`per_sample_grad_norms` below
 is the plain torch.func computation the closed form is tested against.
+
+Scores over every parameter of the network (``layers="all"`` in :func:`grad_norm_scores`) come
+from :mod:`pgd.grad_norms`: exact too, at the price of one backward pass per batch.
 """
 
 from __future__ import annotations
@@ -59,18 +62,59 @@ def closed_form_grad_norms(
     return g_norm * h_norm
 
 
-@torch.no_grad()
-def last_layer_grad_norms(
+SCORE_LAYERS = ("last", "all")
+
+
+def batch_last_layer_grad_norms(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    p: float = 2.0,
+    include_bias: bool = False,
+    layer: nn.Linear | None = None,
+) -> Tensor:
+    """Closed-form last-layer gradient norms of one batch: one forward pass, no backward.
+
+    The model is used as it is (call ``model.eval()`` first, as PGD does).
+
+    Args:
+        images: ``(B, ...)`` inputs. labels: ``(B,)`` class indices.
+        p, include_bias: see :func:`closed_form_grad_norms`.
+        layer: the linear layer to score (default :func:`pgd.models.last_linear`); its output
+            must be the model's output.
+
+    Returns:
+        ``(B,)`` norms.
+    """
+    layer = layer if layer is not None else last_linear(model)
+    captured: list[Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, inputs, out: captured.append((inputs[0], out)))
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    finally:
+        hook.remove()
+    features, layer_out = captured[-1]
+    if layer_out is not logits:
+        raise ValueError(
+            f"the scored layer ({layer}) does not produce the model's output, so the "
+            "closed form does not apply: pass the layer whose output are the logits"
+        )
+    return closed_form_grad_norms(features, logits.float(), labels, p=p, include_bias=include_bias)
+
+
+def grad_norm_scores(
     model: nn.Module,
     data: Dataset | Iterable,
     *,
+    layers: str = "last",
     p: float = 2.0,
     include_bias: bool = False,
     batch_size: int = 512,
     device: torch.device | str | None = None,
-    layer: nn.Linear | None = None,
 ) -> Tensor:
-    """PGD's scores for every sample of ``data``: closed-form last-layer gradient norms.
+    """PGD's scores for every sample of ``data``: per-sample gradient norms of the loss.
 
     The model is put in eval mode for the pass (BatchNorm uses running statistics, dropout is
     off, as in the official code) and restored afterwards.
@@ -79,42 +123,49 @@ def last_layer_grad_norms(
         model: the (biased) model.
         data: a dataset of ``(image, label, bias_label, index)`` items, or an iterable of such
             batches.
-        p, include_bias: see :func:`closed_form_grad_norms`.
+        layers: ``last``: the last linear layer's weight, in closed form (the official code's
+            choice; no backward pass); ``all``: every parameter of the network, exactly, with
+            :func:`pgd.grad_norms.grad_norms` (one forward and one backward pass per batch;
+            Euclidean norm only, biases included).
+        p, include_bias: norm order and bias of the last-layer score (see
+            :func:`closed_form_grad_norms`).
         batch_size: batch size when ``data`` is a dataset.
         device: where to compute (default: where the model is).
-        layer: the linear layer to score (default :func:`pgd.models.last_linear`).
 
     Returns:
         ``(N,)`` float32 CPU tensor; entry ``i`` belongs to the sample with index ``i``.
     """
-    layer = layer if layer is not None else last_linear(model)
+    from .grad_norms import grad_norms
+
+    layers = str(layers).strip().lower()
+    if layers not in SCORE_LAYERS:
+        raise ValueError(
+            f"unknown score layers {layers!r}; choose one of {', '.join(SCORE_LAYERS)}"
+        )
+    p = _check_p(p)
+    if layers == "all" and (p != 2.0 or include_bias):
+        raise ValueError(
+            "whole-network scores are Euclidean norms (p = 2) over every parameter, biases "
+            "included: score_p and score_bias apply to last-layer scores only"
+        )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = batch_loader(data, batch_size) if isinstance(data, Dataset) else data
-    captured: list[tuple[Tensor, Tensor]] = []
-    hook = layer.register_forward_hook(lambda _m, inputs, out: captured.append((inputs[0], out)))
     was_training = model.training
     model.eval()
     indices, norms = [], []
     try:
         for images, labels, _bias, index in loader:
-            captured.clear()
-            logits = model(images.to(device, non_blocking=True))
-            features, layer_out = captured[-1]
-            if layer_out is not logits:
-                raise ValueError(
-                    f"the scored layer ({layer}) does not produce the model's output, so the "
-                    "closed form does not apply: pass the layer whose output are the logits"
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device)
+            if layers == "last":
+                batch = batch_last_layer_grad_norms(
+                    model, images, labels, p=p, include_bias=include_bias
                 )
-            norms.append(
-                closed_form_grad_norms(
-                    features, logits.float(), labels.to(device), p=p, include_bias=include_bias
-                )
-                .float()
-                .cpu()
-            )
+            else:
+                batch = grad_norms(model, images, labels)
+            norms.append(batch.float().cpu())
             indices.append(torch.as_tensor(index).flatten().cpu())
     finally:
-        hook.remove()
         model.train(was_training)
     if not norms:
         return torch.zeros(0)
@@ -124,6 +175,30 @@ def last_layer_grad_norms(
     scores = torch.empty_like(values)
     scores[index] = values
     return scores
+
+
+def last_layer_grad_norms(
+    model: nn.Module,
+    data: Dataset | Iterable,
+    *,
+    p: float = 2.0,
+    include_bias: bool = False,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """PGD's official scores: closed-form last-layer norms for every sample of ``data``.
+
+    Same as :func:`grad_norm_scores` with ``layers="last"``.
+    """
+    return grad_norm_scores(
+        model,
+        data,
+        layers="last",
+        p=p,
+        include_bias=include_bias,
+        batch_size=batch_size,
+        device=device,
+    )
 
 
 def per_sample_grad_norms(
@@ -174,20 +249,30 @@ def per_sample_grad_norms_loop(
     labels: Tensor,
     *,
     layer: nn.Linear | None = None,
+    all_parameters: bool = False,
     p: float = 2.0,
+    limit: int | None = None,
 ) -> Tensor:
-    """The official code's way: one backward pass per sample through the whole network, then the
-    p-norm of the gradient of ``layer``'s weight (default: the last linear layer). Slow; kept to
+    """The official code's way: one forward pass of the batch, then one backward pass per sample
+    through the whole network, and the p-norm of the gradient of ``layer``'s weight (default: the
+    last linear layer) or, with ``all_parameters``, of every trainable parameter. Slow; kept to
     compare against.
 
+    Args:
+        limit: stop after this many samples (benchmarks time a few and extrapolate).
+
     Returns:
-        ``(B,)`` norms.
+        ``(B,)`` norms (``(limit,)`` with ``limit``).
     """
     p = _check_p(p)
-    layer = layer if layer is not None else last_linear(model)
+    if all_parameters:
+        params = [q for q in model.parameters() if q.requires_grad]
+    else:
+        params = [(layer if layer is not None else last_linear(model)).weight]
     losses = F.cross_entropy(model(images), labels, reduction="none")
     norms = []
-    for i in range(len(labels)):
-        (weight_grad,) = torch.autograd.grad(losses[i], layer.weight, retain_graph=True)
-        norms.append(torch.linalg.vector_norm(weight_grad, ord=p))
+    for i in range(len(labels) if limit is None else min(limit, len(labels))):
+        grads = torch.autograd.grad(losses[i], params, retain_graph=True)
+        flat = torch.cat([g.flatten() for g in grads])
+        norms.append(torch.linalg.vector_norm(flat, ord=p))
     return torch.stack(norms).detach()

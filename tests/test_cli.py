@@ -44,6 +44,7 @@ def test_run_prints_a_results_table_and_writes_json(tmp_path, capsys):
         (["--profile", "turbo"], "invalid choice: 'turbo'"),
         (["--ratio", "1.5"], "strictly between 0 and 1"),
         (["--ratio", "0"], "strictly between 0 and 1"),
+        (["--score-layers", "first"], "invalid choice: 'first'"),
     ],
 )
 def test_bad_arguments_exit_with_a_usage_error(args, message, capsys):
@@ -51,6 +52,11 @@ def test_bad_arguments_exit_with_a_usage_error(args, message, capsys):
         main([*SMOKE, *args])
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_whole_network_scores_with_a_last_layer_option_are_a_clear_error(capsys):
+    assert main([*SMOKE, "--score-layers", "all", "--score-p", "0.7"]) == 2
+    assert "apply to last-layer scores only" in capsys.readouterr().err
 
 
 def test_unknown_profile_in_the_environment_is_reported(monkeypatch, capsys):

