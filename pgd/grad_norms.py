@@ -57,6 +57,7 @@ class _Call:
 
     args: tuple
     edge: GradientEdge | None
+    root: bool = False  # no input requires a gradient: the backward pass must be led here
     grad: Tensor | None = None
 
 
@@ -65,6 +66,8 @@ class _Watched:
     name: str
     module: nn.Module
     calls: list[_Call] = field(default_factory=list)
+    pending: int = 0  # calls whose output gradient has not arrived yet
+    result: Tensor | None = None  # (B,) squared norms, once known
 
 
 def default_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -186,12 +189,37 @@ def grad_norms(
     if conv not in ("auto", "gram", "materialise"):
         raise ValueError(f"conv must be 'auto', 'gram' or 'materialise', got {conv!r}")
     _check_no_batch_mixing(model)
+    selected = select_modules(model, modules)
+    watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=False)
+    if any(w.pending for w in watched):  # some output was not upstream of the input: ask for all
+        watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=True)
+    squared = {w.name: w.result for w in watched}
+    total = torch.stack(list(squared.values())).sum(0).sqrt()
+    return (total, squared) if per_module else total
+
+
+def _one_pass(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    selected: list[tuple[str, nn.Module]],
+    loss_fn: LossFn,
+    conv: ConvMode,
+    *,
+    exhaustive: bool,
+) -> list[_Watched]:
+    """One forward and one backward pass; each module's squared norms are computed (and its
+    activations released) as soon as the gradients of all its calls have arrived."""
     batch = len(labels)
-    watched = [_Watched(name, module) for name, module in select_modules(model, modules)]
-    handles = [w.module.register_forward_hook(_recorder(w)) for w in watched]
+    watched = [_Watched(name, module) for name, module in selected]
+    # The backward pass is driven towards the input (made a leaf that requires a gradient) rather
+    # than towards the parameters: every module's output gradient is computed on the way, but no
+    # parameter gradient is, so the pass costs less than a training step's backward.
+    x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
+    handles = [w.module.register_forward_hook(_recorder(w, batch)) for w in watched]
     try:
         with torch.enable_grad():
-            losses = loss_fn(model(inputs), labels)
+            losses = loss_fn(model(x), labels)
     finally:
         for handle in handles:
             handle.remove()
@@ -200,29 +228,31 @@ def grad_norms(
             f"loss_fn must return one loss per sample, shape ({batch},); got "
             f"{tuple(losses.shape)} (use reduction='none')"
         )
-    # The gradient of the summed loss w.r.t. a module's output is, row by row, the gradient of
-    # each sample's own loss. We ask autograd for exactly those output gradients (at the graph
-    # edges recorded in the forward pass, so later in-place operations do not matter), and for
-    # nothing else: no parameter gradient is computed, so the pass is cheaper than a training
-    # step's backward. Parameters of modules that were never called are asked for too, to catch
-    # weights used outside their module.
-    calls = [c for w in watched for c in w.calls if c.edge is not None]
-    orphans = [
-        p
-        for w in watched
-        if not w.calls
-        for p in w.module.parameters(recurse=False)
-        if p.requires_grad
-    ]
-    targets = [c.edge for c in calls] + orphans
-    grads = (
-        torch.autograd.grad(losses.sum(), targets, allow_unused=True)
-        if targets and losses.requires_grad
-        else ()
-    )
-    for call, grad in zip(calls, grads, strict=False):
-        call.grad = None if grad is None else grad.detach()
-    used = {id(p) for p, g in zip(orphans, grads[len(calls) :], strict=True) if g is not None}
+    targets: list = [x] if x.requires_grad and not exhaustive else []
+    orphans = []
+    for w in watched:
+        live = [c for c in w.calls if c.edge is not None]
+        w.pending = len(live)
+        for call in live:
+            call.edge.node.register_prehook(_arrival(w, call, batch, conv))
+            if exhaustive:
+                targets.append(call.edge)
+            elif call.root:
+                # a "root" call (its input does not depend on the input x: token indices, a
+                # constant): asking for its parameters' gradients reaches it.
+                targets += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
+        if not w.calls:  # never called: its weights must not have been used elsewhere either
+            orphans += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
+    targets += orphans
+    grads: tuple = ()
+    if targets and losses.requires_grad:
+        # The gradient of the summed loss w.r.t. a module's output is, row by row, the gradient
+        # of each sample's own loss: the hooks on the recorded graph edges see exactly that, even
+        # when a later in-place operation (ReLU(inplace=True), `out += identity`) overwrote the
+        # output tensor.
+        grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True)
+    orphan_grads = grads[len(grads) - len(orphans) :] if grads else [None] * len(orphans)
+    used = {id(p) for p, g in zip(orphans, orphan_grads, strict=True) if g is not None}
     for w in watched:
         if not w.calls and any(id(p) in used for p in w.module.parameters(recurse=False)):
             raise ValueError(
@@ -231,23 +261,56 @@ def grad_norms(
                 "directly, as nn.MultiheadAttention does with out_proj): select the parent module "
                 "instead, or use pgd.scores.per_sample_grad_norms"
             )
-    squared = {w.name: _module_sq_norms(w, batch, conv) for w in watched}
-    total = torch.stack(list(squared.values())).sum(0).sqrt()
-    return (total, squared) if per_module else total
+        if not w.calls or (exhaustive and w.pending):  # no gradient reached it: it adds nothing
+            w.pending = 0
+            _finish(w, batch, conv)
+    return watched
 
 
-def _recorder(watched: _Watched) -> Callable:
+def _recorder(watched: _Watched, batch: int) -> Callable:
     def hook(module: nn.Module, args: tuple, output: object) -> None:
         if not isinstance(output, Tensor):
             raise ValueError(
                 f"module {watched.name!r} returns {type(output).__name__}, not a tensor; "
                 "per-sample norms support modules with one tensor output"
             )
+        first = args[0] if args and isinstance(args[0], Tensor) else None
+        if first is None or first.shape[:1] != (batch,) or output.shape[:1] != (batch,):
+            got = None if first is None else tuple(first.shape)
+            raise ValueError(
+                f"module {watched.name!r} ({type(module).__name__}) received input of shape {got} "
+                f"for a batch of {batch}: per-sample norms need the batch as the first dimension "
+                "of every scored module's input and output (use pgd.scores.per_sample_grad_norms "
+                "for such models)"
+            )
         edge = get_gradient_edge(output) if output.requires_grad else None
+        root = not any(isinstance(a, Tensor) and a.requires_grad for a in args)
         args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        watched.calls.append(_Call(args, edge))
+        watched.calls.append(_Call(args, edge, root))
 
     return hook
+
+
+def _arrival(watched: _Watched, call: _Call, batch: int, conv: ConvMode) -> Callable:
+    """Backward pre-hook of the node that produced ``call``'s output: keep the output gradient;
+    when the module's last call has its gradient, compute the module's norms."""
+    index = call.edge.output_nr
+
+    def hook(grad_outputs: tuple) -> None:
+        grad = grad_outputs[index]
+        call.grad = None if grad is None else grad.detach()
+        watched.pending -= 1
+        if watched.pending == 0:
+            with torch.no_grad():
+                _finish(watched, batch, conv)
+
+    return hook
+
+
+def _finish(watched: _Watched, batch: int, conv: ConvMode) -> None:
+    watched.result = _module_sq_norms(watched, batch, conv)
+    for call in watched.calls:  # release the activations and gradients at once
+        call.args, call.grad = (), None
 
 
 def _module_sq_norms(watched: _Watched, batch: int, conv: ConvMode) -> Tensor:
@@ -256,16 +319,6 @@ def _module_sq_norms(watched: _Watched, batch: int, conv: ConvMode) -> Tensor:
     ref = next(p for p in module.parameters(recurse=False) if p.requires_grad)
     if not calls:  # the module did not influence the loss
         return torch.zeros(batch, device=ref.device, dtype=ref.dtype)
-    for call in calls:
-        first = call.args[0] if call.args and isinstance(call.args[0], Tensor) else None
-        if first is None or first.shape[:1] != (batch,) or call.grad.shape[:1] != (batch,):
-            got = None if first is None else tuple(first.shape)
-            raise ValueError(
-                f"module {watched.name!r} ({type(module).__name__}) received input of shape {got} "
-                f"for a batch of {batch}: per-sample norms need the batch as the first dimension "
-                "of every scored module's input and output (use pgd.scores.per_sample_grad_norms "
-                "for such models)"
-            )
     if isinstance(module, nn.Linear):
         return _linear_sq_norms(module, calls)
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
@@ -279,9 +332,14 @@ def _module_sq_norms(watched: _Watched, batch: int, conv: ConvMode) -> Tensor:
     return _functional_sq_norms(watched.name, module, calls)
 
 
+def _joined(parts: list[Tensor], dim: int) -> Tensor:
+    """``torch.cat`` that does not copy a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 def _sq(t: Tensor) -> Tensor:
-    """Per-sample squared Euclidean norm: ``(B, ...) -> (B,)``."""
-    return t.flatten(1).pow(2).sum(1)
+    """Per-sample squared Euclidean norm: ``(B, ...) -> (B,)``, without a squared copy."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).square()
 
 
 # --- Linear -------------------------------------------------------------------------------------
@@ -289,8 +347,8 @@ def _sq(t: Tensor) -> Tensor:
 
 def _linear_sq_norms(module: nn.Linear, calls: list[_Call]) -> Tensor:
     # Every call and every extra dimension is one more "position" t of the same weight.
-    a = torch.cat([c.args[0].reshape(len(c.args[0]), -1, module.in_features) for c in calls], 1)
-    g = torch.cat([c.grad.reshape(len(c.grad), -1, module.out_features) for c in calls], 1)
+    a = _joined([c.args[0].reshape(len(c.args[0]), -1, module.in_features) for c in calls], 1)
+    g = _joined([c.grad.reshape(len(c.grad), -1, module.out_features) for c in calls], 1)
     positions = a.shape[1]
     if positions == 1:
         weight = _sq(a) * _sq(g)
@@ -332,30 +390,73 @@ def _padded(module: _ConvNd, x: Tensor) -> Tensor:
     return F.pad(x, pads, mode=mode)
 
 
-def conv_mode(module: _ConvNd, output_positions: int) -> Literal["gram", "materialise"]:
-    """Which exact form is cheaper for a convolution with ``output_positions`` outputs per sample.
+def conv_mode(
+    module: _ConvNd, output_positions: int, input_positions: int | None = None
+) -> Literal["gram", "materialise"]:
+    """Which exact form is cheaper for a convolution, per sample and group.
 
-    Per sample and group, with ``L`` positions, ``D_in = C_in/groups * prod(kernel)`` and
-    ``D_out = C_out/groups``, the Gram form costs about ``L^2 (D_in + D_out)`` operations and the
-    materialised gradient ``L * D_in * D_out``: Gram wins when ``L (D_in + D_out) < D_in D_out``,
-    that is for small feature maps with many channels (deep layers), and loses on the large maps
-    of the first layers. Conv3d is always materialised.
+    With ``L`` output positions, ``L_in`` (padded) input positions, ``C = C_in/groups`` input
+    channels, ``k`` kernel taps, ``D_in = C k`` and ``D_out = C_out/groups``:
+
+    * the materialised gradient (one grouped convolution) multiplies ``L D_in D_out`` numbers and
+      writes ``D_in D_out``;
+    * the Gram form needs the Gram matrix of the input patches. Patches overlap, so it is summed
+      from the Gram matrix of the input *pixels* (``L_in^2 C`` multiplies, written once) read at
+      ``k`` shifted diagonals, plus the output-gradient Gram (``L^2 D_out``), or, for a module
+      called several times, from unfolded patches (``L^2 (D_in + D_out)``, ``L D_in`` written).
+
+    Writing memory costs far more per number than a multiply-add inside a matrix product (about
+    32 times, measured on the layers of the book's models), so each cost is ``multiply-adds +
+    32 x numbers written``. Gram wins on the small maps of deep layers, the materialised gradient
+    on the large maps of the first layers. Conv3d is always materialised.
     """
     if isinstance(module, nn.Conv3d):
         return "materialise"
-    d_in = module.in_channels // module.groups * int(torch.tensor(module.kernel_size).prod())
-    d_out = module.out_channels // module.groups
-    return "gram" if output_positions * (d_in + d_out) < d_in * d_out else "materialise"
+    taps = int(torch.tensor(module.kernel_size).prod())
+    channels = module.in_channels // module.groups
+    d_in, d_out, out = channels * taps, module.out_channels // module.groups, output_positions
+    if input_positions is None:  # unfolded patches
+        gram = out * out * (d_in + d_out) + 32 * (out * d_in + 2 * out * out)
+    else:
+        pixels = input_positions
+        gram = pixels * pixels * channels + out * out * (d_out + taps)
+        gram += 32 * (pixels * pixels + 2 * out * out)
+    materialise = out * d_in * d_out + 32 * d_in * d_out
+    return "gram" if gram < materialise else "materialise"
+
+
+def _as_2d(module: _ConvNd, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor, tuple, tuple, tuple]:
+    """Padded input and output gradient of a Conv1d/Conv2d call as 2-D maps, with the kernel,
+    dilation and stride (a Conv1d is a Conv2d of height 1)."""
+    x = _padded(module, x)
+    if isinstance(module, nn.Conv1d):
+        return (
+            x.unsqueeze(2),
+            g.unsqueeze(2),
+            (1, *module.kernel_size),
+            (1, *module.dilation),
+            (1, *module.stride),
+        )
+    return x, g, module.kernel_size, module.dilation, module.stride
 
 
 def _conv_sq_norms(module: _ConvNd, calls: list[_Call], conv: ConvMode) -> Tensor:
     total = None
     if module.weight.requires_grad:
         positions = sum(int(torch.tensor(c.grad.shape[2:]).prod()) for c in calls)
-        mode = conv_mode(module, positions) if conv == "auto" else conv
+        pixels = None
+        if len(calls) == 1:
+            padded = [
+                s + sum(_conv_pads(module)[2 * i : 2 * i + 2])
+                for i, s in enumerate(reversed(calls[0].args[0].shape[2:]))
+            ]
+            pixels = int(torch.tensor(padded).prod())
+        mode = conv_mode(module, positions, pixels) if conv == "auto" else conv
         if isinstance(module, nn.Conv3d):
             mode = "materialise"
-        if mode == "gram":
+        if mode == "gram" and len(calls) == 1:
+            total = _conv_pixel_gram(module, calls[0])
+        elif mode == "gram":
             total = _conv_gram(module, calls)
         else:
             per_sample = sum(_conv_weight_grads(module, c.args[0], c.grad) for c in calls)
@@ -366,23 +467,43 @@ def _conv_sq_norms(module: _ConvNd, calls: list[_Call], conv: ConvMode) -> Tenso
     return total
 
 
+def _conv_pixel_gram(module: _ConvNd, call: _Call) -> Tensor:
+    """Ghost norm of one call, ``sum_{l,m} (a_l . a_m)(g_l . g_m)``, without unfolding.
+
+    The patch at output position ``l`` holds the pixels ``s l + d k`` for the taps ``k``, so
+    ``a_l . a_m = sum_k P[s l + d k, s m + d k]`` where ``P`` is the Gram matrix of the padded
+    input's pixels (channels summed): a sum of ``k`` strided views of ``P``, no copy of patches.
+    """
+    x, g, kernel, dilation, stride = _as_2d(module, call.args[0], call.grad)
+    batch, groups = x.shape[0], module.groups
+    height, width = x.shape[2:]
+    out_h, out_w = g.shape[2:]
+    pixels = x.reshape(batch, groups, -1, height * width)
+    gram_x = (pixels.transpose(2, 3) @ pixels).view(batch, groups, height, width, height, width)
+    gram_a = 0
+    for ki in range(kernel[0]):
+        for kj in range(kernel[1]):
+            i, j = ki * dilation[0], kj * dilation[1]
+            rows = slice(i, i + stride[0] * (out_h - 1) + 1, stride[0])
+            cols = slice(j, j + stride[1] * (out_w - 1) + 1, stride[1])
+            gram_a = gram_a + gram_x[:, :, rows, cols, rows, cols]
+    gram_a = gram_a.reshape(batch, groups, out_h * out_w, out_h * out_w)
+    grads = g.reshape(batch, groups, -1, out_h * out_w)
+    gram_g = grads.transpose(2, 3) @ grads
+    return (gram_a * gram_g).sum((1, 2, 3))
+
+
 def _conv_gram(module: _ConvNd, calls: list[_Call]) -> Tensor:
-    """Ghost norm over output positions: ``sum_{l,m} (a_l . a_m)(g_l . g_m)`` per sample, group."""
+    """Ghost norm over the output positions of several calls, from unfolded input patches."""
     groups = module.groups
     patches, grads = [], []
     for call in calls:
-        x, g = _padded(module, call.args[0]), call.grad
-        if isinstance(module, nn.Conv1d):  # as a 2-D convolution of height 1
-            x, g = x.unsqueeze(2), g.unsqueeze(2)
-            kernel, dilation = (1, *module.kernel_size), (1, *module.dilation)
-            stride = (1, *module.stride)
-        else:
-            kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+        x, g, kernel, dilation, stride = _as_2d(module, call.args[0], call.grad)
         a = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (B, C_in * k, L)
         batch, positions = a.shape[0], a.shape[2]
         patches.append(a.reshape(batch, groups, -1, positions))
         grads.append(g.reshape(batch, groups, module.out_channels // groups, positions))
-    a, g = torch.cat(patches, 3), torch.cat(grads, 3)
+    a, g = _joined(patches, 3), _joined(grads, 3)
     gram_a = a.transpose(2, 3) @ a  # (B, G, L, L)
     gram_g = g.transpose(2, 3) @ g
     return (gram_a * gram_g).sum((1, 2, 3))
@@ -431,17 +552,18 @@ def _affine_sq_norms(module: nn.Module, xhat_grads: Tensor, grads: Tensor) -> Te
 
 
 def _batchnorm_sq_norms(module: _BatchNorm, calls: list[_Call]) -> Tensor:
-    # Eval mode: x̂ = (x - running_mean) / sqrt(running_var + eps), per channel (dimension 1).
+    # Eval mode: x̂ = (x - running_mean) / sqrt(running_var + eps), per channel (dimension 1), so
+    # dL/dγ_c = sum_s g_cs x̂_cs = (sum_s g_cs x_cs - mean_c sum_s g_cs) / sqrt(var_c + eps):
+    # two reductions over the positions, no normalised copy of the input.
     gamma, beta = 0, 0
+    scale = torch.rsqrt(module.running_var + module.eps)
     for call in calls:
         x, g = call.args[0], call.grad
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(
-            module.running_var.view(shape) + module.eps
-        )
-        reduce = tuple(range(2, x.dim()))
-        gamma = gamma + ((g * xhat).sum(reduce) if reduce else g * xhat)
-        beta = beta + (g.sum(reduce) if reduce else g)
+        x3, g3 = x.reshape(len(x), x.shape[1], -1), g.reshape(len(g), g.shape[1], -1)
+        g_sum = g3.sum(2)  # (B, C)
+        gx = (g3.unsqueeze(2) @ x3.unsqueeze(3)).flatten(1)  # (B, C): sum_s g x, by batched dot
+        gamma = gamma + (gx - module.running_mean * g_sum) * scale
+        beta = beta + g_sum
     return _affine_sq_norms(module, gamma, beta)
 
 
@@ -528,11 +650,18 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
     selected = select_modules(model)
 
     def size_of(name: str):
-        def hook(module: nn.Module, _args: tuple, out: Tensor) -> None:
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
             # positions per sample: sequence length for a Linear, output map size for a conv
             per_sample = out[0].numel()
             channels = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
-            sizes.setdefault(name, per_sample // channels if out.dim() > 1 else 1)
+            positions = per_sample // channels if out.dim() > 1 else 1
+            pixels = None
+            if isinstance(module, nn.Conv1d | nn.Conv2d):
+                pads = _conv_pads(module)
+                sides = reversed(args[0].shape[2:])
+                padded = [n + pads[2 * i] + pads[2 * i + 1] for i, n in enumerate(sides)]
+                pixels = int(torch.tensor(padded).prod())
+            sizes.setdefault(name, (positions, pixels))
 
         return hook
 
@@ -545,7 +674,7 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
             h.remove()
     for name, module in selected:
         count = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
-        positions = sizes.get(name, 1)
+        positions, pixels = sizes.get(name, (1, None))
         if isinstance(module, nn.Linear):
             if positions == 1:
                 method = "outer product: |a| |g|"
@@ -556,7 +685,7 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
             else:
                 method = f"materialise ({positions} positions)"
         elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            method = f"{conv_mode(module, positions)} ({positions} positions)"
+            method = f"{conv_mode(module, positions, pixels)} ({positions} positions)"
         elif isinstance(module, (_BatchNorm, *_NORMS)):
             method = "closed form (normalised input)"
         elif isinstance(module, nn.Embedding) and not module.scale_grad_by_freq:
