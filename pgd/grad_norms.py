@@ -212,10 +212,10 @@ def _one_pass(
     activations released) as soon as the gradients of all its calls have arrived."""
     batch = len(labels)
     watched = [_Watched(name, module) for name, module in selected]
-    # The backward pass is driven towards the input (made a leaf that requires a gradient) rather
-    # than towards the parameters: every module's output gradient is computed on the way, but no
-    # parameter gradient is, so the pass costs less than a training step's backward.
-    x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
+    # The backward pass is led to the "root" calls, those whose input needs no gradient (the
+    # first layers, embeddings): every output gradient above them is computed on the way, but no
+    # other parameter gradient, and no gradient of the input batch.
+    x = inputs.detach()
     handles = [w.module.register_forward_hook(_recorder(w, batch)) for w in watched]
     try:
         with torch.enable_grad():
@@ -228,22 +228,33 @@ def _one_pass(
             f"loss_fn must return one loss per sample, shape ({batch},); got "
             f"{tuple(losses.shape)} (use reduction='none')"
         )
-    targets: list = [x] if x.requires_grad and not exhaustive else []
-    orphans = []
-    for w in watched:
-        live = [c for c in w.calls if c.edge is not None]
-        w.pending = len(live)
-        for call in live:
+    live = [(w, c) for w in watched for c in w.calls if c.edge is not None]
+    roots: list[Tensor] = []
+    for w, call in live:
+        if call.root:  # its bias gradient is the cheapest way to reach it
+            bias = getattr(w.module, "bias", None)
+            if isinstance(bias, Tensor) and bias.requires_grad:
+                roots.append(bias)
+            else:
+                roots += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
+    # Without a root among the chosen modules (a subset above unchosen layers), or on the second
+    # try, ask autograd for the chosen outputs' gradients themselves (kept until the end).
+    exhaustive = exhaustive or not roots
+    orphans = [
+        p
+        for w in watched
+        if not w.calls  # never called: its weights must not have been used elsewhere either
+        for p in w.module.parameters(recurse=False)
+        if p.requires_grad
+    ]
+    if exhaustive:
+        targets = [c.edge for _, c in live] + orphans
+    else:
+        targets = roots + orphans
+        for w in watched:
+            w.pending = sum(1 for c in w.calls if c.edge is not None)
+        for w, call in live:
             call.edge.node.register_prehook(_arrival(w, call, batch, conv))
-            if exhaustive:
-                targets.append(call.edge)
-            elif call.root:
-                # a "root" call (its input does not depend on the input x: token indices, a
-                # constant): asking for its parameters' gradients reaches it.
-                targets += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
-        if not w.calls:  # never called: its weights must not have been used elsewhere either
-            orphans += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
-    targets += orphans
     grads: tuple = ()
     if targets and losses.requires_grad:
         # The gradient of the summed loss w.r.t. a module's output is, row by row, the gradient
@@ -251,6 +262,9 @@ def _one_pass(
         # when a later in-place operation (ReLU(inplace=True), `out += identity`) overwrote the
         # output tensor.
         grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True)
+    if exhaustive:
+        for (_, call), grad in zip(live, grads, strict=False):
+            call.grad = None if grad is None else grad.detach()
     orphan_grads = grads[len(grads) - len(orphans) :] if grads else [None] * len(orphans)
     used = {id(p) for p, g in zip(orphans, orphan_grads, strict=True) if g is not None}
     for w in watched:
@@ -261,7 +275,7 @@ def _one_pass(
                 "directly, as nn.MultiheadAttention does with out_proj): select the parent module "
                 "instead, or use pgd.scores.per_sample_grad_norms"
             )
-        if not w.calls or (exhaustive and w.pending):  # no gradient reached it: it adds nothing
+        if exhaustive or not w.calls:
             w.pending = 0
             _finish(w, batch, conv)
     return watched

@@ -80,6 +80,14 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     return MODELS[key](num_classes=num_classes)
 
 
+def resnet18(num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised (``weights=None``), with ``num_classes``
+    outputs. Input ``(B, 3, H, W)`` (any size from 32x32), output ``(B, num_classes)`` logits."""
+    import torchvision  # after `import pgd`, which makes it importable on CPU-only torch
+
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
 def last_linear(model: nn.Module) -> nn.Linear:
     """The layer PGD scores: ``model.classifier`` if it is a Linear, else the last Linear."""
     head = getattr(model, "classifier", None)

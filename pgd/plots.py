@@ -194,3 +194,49 @@ def plot_recoloured(images: torch.Tensor, predicted: torch.Tensor, label: int) -
         ax.grid(False)
     fig.suptitle(f"a {label}, painted in each colour", fontsize=10, y=1.05)
     return fig
+
+
+def plot_benchmark(table: pd.DataFrame, ax=None) -> plt.Axes:
+    """Time per batch relative to a plain forward+backward pass, per model and method (log
+    scale), from the CSV written by ``benchmarks/per_sample_norms.py``."""
+    ran = table.dropna(subset=["time_vs_floor"])
+    ax = ax or plt.subplots(figsize=(8, 3.8))[1]
+    sns.barplot(data=ran, x="model", y="time_vs_floor", hue="method", ax=ax, alpha=0.9)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_ylabel("time / (forward + backward)")
+    ax.set_xlabel("")
+    ax.legend(title=None, ncol=2, fontsize="small")
+    return ax
+
+
+def plot_score_agreement(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    is_conflicting: torch.Tensor,
+    labels: tuple[str, str] = ("last-layer score", "whole-network score"),
+    ax=None,
+) -> plt.Axes:
+    """Two scores of the same samples against each other (log-log), coloured by group."""
+    frame = pd.DataFrame(
+        {
+            labels[0]: first.clamp(min=1e-12).numpy(),
+            labels[1]: second.clamp(min=1e-12).numpy(),
+            "group": np.where(is_conflicting.numpy(), "bias-conflicting", "bias-aligned"),
+        }
+    ).sort_values("group")  # conflicting samples drawn last, on top
+    ax = ax or plt.subplots(figsize=(5, 4.5))[1]
+    sns.scatterplot(
+        data=frame,
+        x=labels[0],
+        y=labels[1],
+        hue="group",
+        palette=GROUP_COLOURS,
+        s=10,
+        alpha=0.6,
+        linewidth=0,
+        ax=ax,
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    return ax

@@ -226,3 +226,27 @@ def provenance_table(profile: Profile, device: torch.device, data_description: s
     }
     rows.update(provenance(device))
     return pd.DataFrame({"value": rows}).rename_axis("provenance")
+
+
+BENCHMARK_URL = "https://raw.githubusercontent.com/pgd-book/pgd-book/main/benchmarks/results/"
+
+
+def benchmark_results(name: str = "per_sample_norms_cpu.csv") -> pd.DataFrame:
+    """A results table written by ``benchmarks/`` (``make bench``): from this checkout when the
+    package is installed from it, else (on Colab) from the repository on GitHub.
+
+    Raises:
+        FileNotFoundError: not in this checkout and not downloadable; says how to make it.
+    """
+    import pandas as pd
+
+    local = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name
+    if local.is_file():
+        return pd.read_csv(local)
+    try:
+        return pd.read_csv(BENCHMARK_URL + name)
+    except Exception as error:  # no network, or not published
+        raise FileNotFoundError(
+            f"benchmark results {name} are neither at {local} nor at {BENCHMARK_URL}: run "
+            "`make bench` (or python benchmarks/per_sample_norms.py) in a clone of the repository"
+        ) from error

@@ -321,3 +321,25 @@ def test_inputs_that_are_not_batch_first_are_refused():
     x, y = _data((3, 4), classes=2)
     with pytest.raises(ValueError, match=r"'proj'.*batch as the first dimension"):
         grad_norms(Folded(), x, y)
+
+
+def test_a_chosen_module_out_of_reach_of_the_first_layers_is_still_counted():
+    """`side` reads a learned function of a constant (an unchosen layer), not the batch, so the
+    backward pass led to the first layer never reaches it: the second, exhaustive pass must."""
+
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Linear(4, 3)
+            self.source = nn.Linear(2, 4)
+            self.side = nn.Linear(4, 3)
+
+        def forward(self, x):
+            constant = torch.ones(len(x), 2, dtype=x.dtype)
+            return self.first(x) * self.side(torch.tanh(self.source(constant)))
+
+    torch.manual_seed(0)
+    x, y = _data((4,), classes=3)
+    model = TwoBranch()
+    names = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("first", "side")]
+    _check(model, x, y, params=names, modules=["first", "side"])

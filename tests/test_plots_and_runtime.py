@@ -88,3 +88,38 @@ def test_score_histogram_survives_zero_scores():
     ax = plots.plot_score_histograms(torch.zeros(4), torch.tensor([False, False, True, True]))
     assert ax.get_xscale() == "linear"
     plt.close(ax.figure)
+
+
+def test_committed_benchmark_results_load_and_plot():
+    from pgd.runtime import benchmark_results
+
+    table = benchmark_results("per_sample_norms_cpu.csv")
+    assert {"model", "method", "ms", "time_vs_floor", "machine"} <= set(table.columns)
+    assert set(table["model"]) == {"mlp", "cnn", "resnet18"}
+    ax = plots.plot_benchmark(table)
+    assert len(ax.patches) >= table["time_vs_floor"].notna().sum()
+    plt.close(ax.figure)
+
+
+def test_missing_benchmark_results_say_how_to_make_them(monkeypatch):
+    from pgd import runtime
+
+    monkeypatch.setattr(runtime, "BENCHMARK_URL", "file:///nonexistent/")
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        runtime.benchmark_results("no_such_table.csv")
+
+
+def test_score_agreement_plot_has_both_groups():
+    conflicting = torch.arange(40) >= 35
+    ax = plots.plot_score_agreement(torch.rand(40), torch.rand(40) + 1, conflicting)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(labels) >= {"bias-aligned", "bias-conflicting"}
+    plt.close(ax.figure)
+
+
+def test_resnet18_is_torchvisions_untrained_model():
+    from pgd.models import resnet18
+
+    model = resnet18(num_classes=3).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    assert type(model).__module__.startswith("torchvision")
