@@ -12,9 +12,10 @@ parameter gradient is a small function of ``(a_b, g_b)`` whose squared norm has 
   (sequence) dimensions ``t``, ``dL_b/dW = sum_t g_bt a_bt^T`` and
   ``||dL_b/dW||^2 = sum_{t,s} (a_bt . a_bs)(g_bt . g_bs)``: the Gram-matrix ("ghost norm") form.
 * ``nn.Conv1d/2d``: a convolution is a linear layer applied at every output position ``l`` to
-  the unfolded input patch, so the same Gram form holds over positions, or the per-sample weight
-  gradient is materialised (one grouped convolution) when that is cheaper for the layer's shape
-  (:func:`conv_mode`); ``nn.Conv3d``: materialised.
+  the input patch under the kernel, so the same Gram form holds over positions (the patch Gram
+  matrix summed from the Gram matrix of the input's pixels, without unfolding), or the per-sample
+  weight gradient is materialised (one grouped convolution) when that is cheaper for the layer's
+  shape (:func:`conv_mode`); ``nn.Conv3d``: materialised.
 * BatchNorm (eval mode), LayerNorm, GroupNorm, RMSNorm: ``dL_b/dγ = sum g_b * x̂_b`` and
   ``dL_b/dβ = sum g_b`` over the positions, with the normalised input ``x̂_b`` recomputed.
 * ``nn.Embedding``: rows of the gradient are sums of ``g_bt`` over the positions holding the same
@@ -22,8 +23,15 @@ parameter gradient is a small function of ``(a_b, g_b)`` whose squared norm has 
 * any other module with parameters of its own: ``torch.func`` (vmap of a vector-Jacobian product)
   on that module alone, after a one-time warning that names it.
 
+The backward pass is led only as far as the first layers (no parameter gradient, no input
+gradient is computed), and a pre-hook on the graph edge of each module's output computes that
+module's norms the moment its output gradient arrives and then releases its saved input, so time
+and memory stay close to one training step (``benchmarks/per_sample_norms.py`` measures it).
+
 BatchNorm in training mode normalises with the statistics of the batch, so every sample's output
-depends on every other sample: per-sample gradients are then not defined, and we refuse.
+depends on every other sample: per-sample gradients are then not defined, and we refuse. A
+parameter must be used only inside its own module's forward (tied weights, or weights read
+directly by a parent module, are refused where they can be detected).
 
 The plain reference these formulas are tested against is
 :func:`pgd.scores.per_sample_grad_norms` (``vmap(grad(...))`` over the whole model).
