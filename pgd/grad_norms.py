@@ -199,7 +199,7 @@ def grad_norms(
     _check_no_batch_mixing(model)
     selected = select_modules(model, modules)
     watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=False)
-    if any(w.pending for w in watched):  # some output was not upstream of the input: ask for all
+    if any(w.pending for w in watched):  # the pass from the first layers missed some: ask for all
         watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=True)
     squared = {w.name: w.result for w in watched}
     total = torch.stack(list(squared.values())).sum(0).sqrt()
@@ -367,16 +367,24 @@ def _sq(t: Tensor) -> Tensor:
 # --- Linear -------------------------------------------------------------------------------------
 
 
+def linear_mode(module: nn.Linear, positions: int) -> Literal["outer", "gram", "materialise"]:
+    """The exact form used for a Linear applied at ``positions`` positions per sample: the outer
+    product of norms (one position), the Gram form when ``T (d_in + d_out) <= d_in d_out``, else
+    the materialised per-sample weight gradient."""
+    if positions == 1:
+        return "outer"
+    d_in, d_out = module.in_features, module.out_features
+    return "gram" if positions * (d_in + d_out) <= d_in * d_out else "materialise"
+
+
 def _linear_sq_norms(module: nn.Linear, calls: list[_Call]) -> Tensor:
     # Every call and every extra dimension is one more "position" t of the same weight.
     a = _joined([c.args[0].reshape(len(c.args[0]), -1, module.in_features) for c in calls], 1)
     g = _joined([c.grad.reshape(len(c.grad), -1, module.out_features) for c in calls], 1)
-    positions = a.shape[1]
-    if positions == 1:
+    mode = linear_mode(module, a.shape[1])
+    if mode == "outer":
         weight = _sq(a) * _sq(g)
-    elif positions * (module.in_features + module.out_features) <= (
-        module.in_features * module.out_features
-    ):
+    elif mode == "gram":
         weight = (a @ a.transpose(1, 2) * (g @ g.transpose(1, 2))).sum((1, 2))
     else:
         weight = _sq(g.transpose(1, 2) @ a)
@@ -402,6 +410,13 @@ def _conv_pads(module: _ConvNd) -> list[int]:
     else:
         pairs = [(p, p) for p in module.padding]
     return [x for pair in reversed(pairs) for x in pair]
+
+
+def _padded_pixels(module: _ConvNd, input_shape: torch.Size) -> int:
+    """Input positions per sample and channel after the convolution's padding."""
+    pads = _conv_pads(module)
+    sides = [n + pads[2 * i] + pads[2 * i + 1] for i, n in enumerate(reversed(input_shape[2:]))]
+    return int(torch.tensor(sides).prod())
 
 
 def _padded(module: _ConvNd, x: Tensor) -> Tensor:
@@ -466,13 +481,7 @@ def _conv_sq_norms(module: _ConvNd, calls: list[_Call], conv: ConvMode) -> Tenso
     total = None
     if module.weight.requires_grad:
         positions = sum(int(torch.tensor(c.grad.shape[2:]).prod()) for c in calls)
-        pixels = None
-        if len(calls) == 1:
-            padded = [
-                s + sum(_conv_pads(module)[2 * i : 2 * i + 2])
-                for i, s in enumerate(reversed(calls[0].args[0].shape[2:]))
-            ]
-            pixels = int(torch.tensor(padded).prod())
+        pixels = _padded_pixels(module, calls[0].args[0].shape) if len(calls) == 1 else None
         mode = conv_mode(module, positions, pixels) if conv == "auto" else conv
         if isinstance(module, nn.Conv3d):
             mode = "materialise"
@@ -677,12 +686,8 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
             per_sample = out[0].numel()
             channels = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
             positions = per_sample // channels if out.dim() > 1 else 1
-            pixels = None
-            if isinstance(module, nn.Conv1d | nn.Conv2d):
-                pads = _conv_pads(module)
-                sides = reversed(args[0].shape[2:])
-                padded = [n + pads[2 * i] + pads[2 * i + 1] for i, n in enumerate(sides)]
-                pixels = int(torch.tensor(padded).prod())
+            conv = isinstance(module, nn.Conv1d | nn.Conv2d)
+            pixels = _padded_pixels(module, args[0].shape) if conv else None
             sizes.setdefault(name, (positions, pixels))
 
         return hook
@@ -698,14 +703,10 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
         count = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
         positions, pixels = sizes.get(name, (1, None))
         if isinstance(module, nn.Linear):
-            if positions == 1:
-                method = "outer product: |a| |g|"
-            elif positions * (module.in_features + module.out_features) <= (
-                module.in_features * module.out_features
-            ):
-                method = f"gram ({positions} positions)"
-            else:
-                method = f"materialise ({positions} positions)"
+            mode = linear_mode(module, positions)
+            method = (
+                "outer product: |a| |g|" if mode == "outer" else f"{mode} ({positions} positions)"
+            )
         elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             method = f"{conv_mode(module, positions, pixels)} ({positions} positions)"
         elif isinstance(module, (_BatchNorm, *_NORMS)):

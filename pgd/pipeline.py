@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +34,7 @@ from .models import MODELS, build_model
 from .profiles import Profile, get_profile
 from .runtime import code_fingerprint, provenance, resolve_device, runs_root, seed_everything
 from .sampling import importance_sampler, probability_mass, sampling_probabilities
-from .scores import SCORE_LAYERS, grad_norm_scores
+from .scores import check_score_options, grad_norm_scores
 from .storage import tensor_checksum
 from .training import TrainConfig, TrainResult, train
 
@@ -108,14 +107,8 @@ class ExperimentConfig:
         fix(self, "ratio", check_ratio(self.ratio))
         if self.data_seed is None:
             fix(self, "data_seed", self.seed)
-        fix(self, "score_layers", _choice(self.score_layers, SCORE_LAYERS, "score layers"))
-        if not (self.score_p > 0 or math.isinf(self.score_p)):
-            raise ValueError(f"score_p must be positive, got {self.score_p}")
-        if self.score_layers == "all" and (self.score_p != 2.0 or self.score_bias):
-            raise ValueError(
-                "score_layers='all' scores every parameter, biases included, with the Euclidean "
-                "norm: score_p and score_bias apply to last-layer scores only"
-            )
+        layers, _ = check_score_options(self.score_layers, self.score_p, self.score_bias)
+        fix(self, "score_layers", layers)
 
     @property
     def profile_spec(self) -> Profile:

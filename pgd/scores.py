@@ -65,6 +65,27 @@ def closed_form_grad_norms(
 SCORE_LAYERS = ("last", "all")
 
 
+def check_score_options(layers: str, p: float, include_bias: bool) -> tuple[str, float]:
+    """Validated ``(layers, p)`` of a PGD score.
+
+    Raises:
+        ValueError: unknown ``layers``; a norm order that is not positive; ``p != 2`` or
+            ``include_bias`` with whole-network scores (Euclidean, every bias already included).
+    """
+    layers = str(layers).strip().lower()
+    if layers not in SCORE_LAYERS:
+        raise ValueError(
+            f"unknown score layers {layers!r}; choose one of {', '.join(SCORE_LAYERS)}"
+        )
+    p = _check_p(p)
+    if layers == "all" and (p != 2.0 or include_bias):
+        raise ValueError(
+            "whole-network scores are Euclidean norms (p = 2) over every parameter, biases "
+            "included: score_p and score_bias apply to last-layer scores only"
+        )
+    return layers, p
+
+
 def batch_last_layer_grad_norms(
     model: nn.Module,
     images: Tensor,
@@ -88,7 +109,7 @@ def batch_last_layer_grad_norms(
         ``(B,)`` norms.
     """
     layer = layer if layer is not None else last_linear(model)
-    captured: list[Tensor] = []
+    captured: list[tuple[Tensor, Tensor]] = []
     hook = layer.register_forward_hook(lambda _m, inputs, out: captured.append((inputs[0], out)))
     try:
         with torch.no_grad():
@@ -137,17 +158,7 @@ def grad_norm_scores(
     """
     from .grad_norms import grad_norms
 
-    layers = str(layers).strip().lower()
-    if layers not in SCORE_LAYERS:
-        raise ValueError(
-            f"unknown score layers {layers!r}; choose one of {', '.join(SCORE_LAYERS)}"
-        )
-    p = _check_p(p)
-    if layers == "all" and (p != 2.0 or include_bias):
-        raise ValueError(
-            "whole-network scores are Euclidean norms (p = 2) over every parameter, biases "
-            "included: score_p and score_bias apply to last-layer scores only"
-        )
+    layers, p = check_score_options(layers, p, include_bias)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = batch_loader(data, batch_size) if isinstance(data, Dataset) else data
     was_training = model.training
