@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 import pgd  # noqa: F401  (torchvision import fix, before anything else)
 from pgd.grad_norms import grad_norms
-from pgd.models import build_model
+from pgd.models import build_model, resnet18
 from pgd.scores import (
     batch_last_layer_grad_norms,
     per_sample_grad_norms,
@@ -69,9 +69,7 @@ class Unsupported(Exception):
 def make_model(name: str, device: torch.device, size: int) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     if name == "resnet18":
-        import torchvision
-
-        model = torchvision.models.resnet18(weights=None, num_classes=10)
+        model = resnet18(num_classes=10)
         shape = (3, size, size)
     else:
         model = build_model(name)
