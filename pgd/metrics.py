@@ -39,20 +39,27 @@ def predict(
     model: nn.Module,
     dataset: Dataset,
     *,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
+    amp: bool = False,
 ) -> Predictions:
     """Run ``model`` in eval mode over ``dataset`` (items ``(image, label, bias_label, index)``).
 
-    The model's train/eval mode is restored afterwards.
+    ``batch_size`` defaults to the dataset's ``eval_batch_size`` attribute, else 1024. ``amp``:
+    float16 autocast on CUDA (ignored elsewhere). The model's train/eval mode is restored.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_size = batch_size or getattr(dataset, "eval_batch_size", 1024)
+    use_amp = amp and device.type == "cuda"
     was_training = model.training
     model.eval()
     parts: list[tuple[Tensor, ...]] = []
     try:
-        for images, labels, bias, _index in batch_loader(dataset, batch_size):
-            logits = model(images.to(device, non_blocking=True)).float()
+        for images, labels, bias, _index in batch_loader(
+            dataset, batch_size, pin_memory=device.type == "cuda"
+        ):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(images.to(device, non_blocking=True)).float()
             labels_d = labels.to(device)
             loss = F.cross_entropy(logits, labels_d, reduction="none")
             parts.append((logits.argmax(1).cpu(), labels.cpu(), bias.cpu(), loss.cpu()))

@@ -1,11 +1,16 @@
-"""The networks of the Colored MNIST experiments.
+"""The networks of the book: the MLP and small CNN of the Colored MNIST experiments, and
+torchvision's ResNet-18 for CelebA and BFFHQ.
 
-Every model exposes ``features(x) -> (B, D)`` and ``classifier``, its last ``nn.Linear`` mapping
-``D`` features to class logits: PGD's score is the gradient norm of that layer.
+Every model ends in an ``nn.Linear`` mapping features to class logits (``classifier`` for the MLP
+and the CNN, ``fc`` for ResNet-18; :func:`last_linear` finds it): PGD's score is the gradient norm
+of that layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
 
 
@@ -65,27 +70,52 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": SmallCNN}
+def resnet18(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-18 with ``num_classes`` outputs: randomly initialised (``weights=None``,
+    the default, as DFA and LfF train it), or from torchvision's ImageNet weights
+    (``IMAGENET1K_V1``, downloaded once into torch's cache) with a fresh final layer.
 
-
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised model by name (``mlp`` or ``cnn``).
+    Input ``(B, 3, H, W)`` (any size from 32x32; 224x224 on CelebA and BFFHQ), output
+    ``(B, num_classes)`` logits.
 
     Raises:
-        ValueError: unknown model name.
+        RuntimeError: ImageNet weights were asked for but cannot be downloaded (says what to do).
+    """
+    import torchvision  # after `import pgd`, which makes it importable on CPU-only torch
+
+    if not pretrained:
+        return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    try:
+        model = torchvision.models.resnet18(weights=weights)
+    except Exception as error:  # URLError, HTTPError, OSError, a damaged download
+        raise RuntimeError(
+            f"the ImageNet weights of ResNet-18 ({weights.url}) could not be downloaded "
+            f"({type(error).__name__}: {error}). Connect to the internet, or copy the file into "
+            f"{torch.hub.get_dir()}/checkpoints/, or train from scratch (leave out --pretrained)."
+        ) from error
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "resnet18": resnet18}
+
+
+def build_model(name: str, num_classes: int = 10, pretrained: bool = False) -> nn.Module:
+    """A freshly initialised model by name (``mlp``, ``cnn`` or ``resnet18``); ``pretrained``
+    (ResNet-18 only) starts from ImageNet weights.
+
+    Raises:
+        ValueError: unknown model name, or ``pretrained`` for a model that has no such weights.
     """
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if key == "resnet18":
+        return resnet18(num_classes=num_classes, pretrained=pretrained)
+    if pretrained:
+        raise ValueError(f"only resnet18 has pretrained weights, not {name!r}")
     return MODELS[key](num_classes=num_classes)
-
-
-def resnet18(num_classes: int = 10) -> nn.Module:
-    """torchvision's ResNet-18, randomly initialised (``weights=None``), with ``num_classes``
-    outputs. Input ``(B, 3, H, W)`` (any size from 32x32), output ``(B, num_classes)`` logits."""
-    import torchvision  # after `import pgd`, which makes it importable on CPU-only torch
-
-    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

@@ -240,3 +240,95 @@ def plot_score_agreement(
     ax.set_xscale("log")
     ax.set_yscale("log")
     return ax
+
+
+def _denormalise(image: torch.Tensor) -> torch.Tensor:
+    from .images import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image * std + mean).clamp(0, 1)
+
+
+def _group_label(t: int, b: int, class_names, bias_names) -> str:
+    kind = "aligned" if t == b else "conflicting"
+    return f"{class_names[t]} / {bias_names[b]}\n(bias-{kind})"
+
+
+def plot_image_groups(splits, split: str = "train", per_group: int = 6) -> Figure:
+    """A row of ``per_group`` images for each (target, bias) group of a CelebA or BFFHQ split
+    (:class:`pgd.images.ImageSplits`), un-augmented and un-normalised, rows named by group."""
+    dataset = getattr(splits, split).without_augmentation()
+    groups = [(t, b) for t in range(len(splits.class_names)) for b in range(len(splits.bias_names))]
+    shape = (3, splits.image_size, splits.image_size)
+    tiles = torch.ones((len(groups) * per_group, *shape))
+    for row, (t, b) in enumerate(groups):
+        chosen = torch.nonzero((dataset.labels == t) & (dataset.bias_labels == b)).flatten()
+        for j, index in enumerate(chosen[:per_group].tolist()):
+            tiles[row * per_group + j] = _denormalise(dataset[index][0])
+    fig, ax = plt.subplots(figsize=(1.1 * per_group + 2.2, 1.15 * len(groups) + 0.4))
+    ax.imshow(_grid(tiles, len(groups), per_group), interpolation="nearest")
+    step = splits.image_size + 2
+    ax.set_yticks(
+        [2 + step * r + splits.image_size / 2 for r in range(len(groups))],
+        labels=[_group_label(t, b, splits.class_names, splits.bias_names) for t, b in groups],
+    )
+    ax.set_xticks([])
+    ax.grid(False)
+    ax.set_title(f"{splits.dataset} {split} images by (target, bias) group")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scores_by_group(
+    scores: torch.Tensor, dataset, class_names, bias_names, ax=None
+) -> plt.Axes:
+    """PGD scores of every training sample, one dot each, one column per (target, bias) group
+    (log scale), with the group's size in its label."""
+    frame = pd.DataFrame(
+        {
+            "score": scores.numpy(),
+            "group": [
+                _group_label(t, b, class_names, bias_names)
+                for t, b in zip(dataset.labels.tolist(), dataset.bias_labels.tolist(), strict=True)
+            ],
+        }
+    )
+    sizes = frame["group"].value_counts()
+    frame["group"] = frame["group"].map(lambda g: f"{g}\nn = {sizes[g]:,}")
+    positive = frame["score"][frame["score"] > 0]
+    if not positive.empty:
+        frame["score"] = frame["score"].clip(lower=float(positive.min()))
+    order = sorted(frame["group"].unique())
+    ax = ax or plt.subplots(figsize=(8, 3.8))[1]
+    sns.stripplot(
+        data=frame, x="group", y="score", order=order, log_scale=True, ax=ax, size=2, alpha=0.5
+    )
+    ax.set_xlabel("")
+    ax.set_ylabel("PGD score (gradient norm)")
+    return ax
+
+
+def plot_group_accuracies(tables: dict[str, pd.DataFrame], class_names, bias_names, ax=None):
+    """Test accuracy per (target, bias) group, one bar per method.
+
+    Args:
+        tables: method name -> :func:`pgd.metrics.group_accuracy_table` of its test predictions.
+    """
+    rows = []
+    for method, table in tables.items():
+        for record in table.itertuples():
+            group = _group_label(int(record.label), int(record.bias), class_names, bias_names)
+            rows.append(
+                {
+                    "method": method,
+                    "group": f"{group}\nn = {record.samples}",
+                    "accuracy (%)": 100 * record.accuracy,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    ax = ax or plt.subplots(figsize=(8, 3.8))[1]
+    sns.barplot(data=frame, x="group", y="accuracy (%)", hue="method", ax=ax)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("")
+    return ax

@@ -48,6 +48,9 @@ class TrainConfig:
         gce_q: the GCE exponent q.
         selection: which epoch's weights to keep: lowest validation loss, highest validation
             accuracy, or the last epoch.
+        amp: mixed precision (float16 autocast with a gradient scaler) on CUDA; ignored on CPU.
+        channels_last: channels-last memory format for model and images on CUDA (faster
+            convolutions on tensor cores); ignored on CPU.
     """
 
     epochs: int
@@ -61,6 +64,8 @@ class TrainConfig:
     loss: str = "ce"
     gce_q: float = 0.7
     selection: str = "valid_loss"
+    amp: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -163,6 +168,15 @@ def _resume_note(resumed_from: int | None, epochs: int) -> str:
     return f"; resumed after epoch {resumed_from}"
 
 
+def _to_device(
+    images: Tensor, device: torch.device, memory_format: torch.memory_format | None
+) -> Tensor:
+    images = images.to(device, non_blocking=True)
+    if memory_format is not None and images.dim() == 4:
+        images = images.contiguous(memory_format=memory_format)
+    return images
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (loaded with ``weights_only=True``), or None if there is none."""
     path = Path(path)
@@ -216,7 +230,13 @@ def train(
         FloatingPointError: the training loss became NaN or infinite (names epoch and batch).
     """
     device = torch.device(device)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if config.channels_last and cuda else None
     model.to(device)
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
+    use_amp = config.amp and cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     optimizer = _make_optimizer(model, config)
     step = config.lr_step if config.lr_step else config.epochs + 1
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
@@ -224,7 +244,7 @@ def train(
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
     generator: torch.Generator | None = getattr(sampler, "generator", None)
     criterion = GeneralizedCELoss(config.gce_q) if config.loss == "gce" else None
-    loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=device.type == "cuda")
+    loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=cuda)
     identity = {"fingerprint": fingerprint, "config": asdict(config)}
 
     start, history, best_value, best_state, best_epoch, resumed_from = 0, [], None, None, -1, None
@@ -250,6 +270,8 @@ def train(
         if generator is not None:
             generator.set_state(state["generator"])
         _set_rng_state(state["rng"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         history, best_value = state["history"], state["best_value"]
         best_state, best_epoch = state["best_state"], state["best_epoch"]
         start = resumed_from = state["epoch"] + 1
@@ -275,9 +297,11 @@ def train(
             if stop_after_batches is not None and batches_seen >= stop_after_batches:
                 raise KeyboardInterrupt(f"stopped after {batches_seen} batches (test hook)")
             batches_seen += 1
-            images = images.to(device, non_blocking=True)
+            images = _to_device(images, device, memory_format)
             labels = labels.to(device, non_blocking=True)
-            logits = model(images)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(images)
+            logits = logits.float()
             if criterion is None:
                 loss = F.cross_entropy(logits, labels)
             else:
@@ -290,14 +314,15 @@ def train(
                     "or check the inputs for NaN values."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss_value * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        valid = predict(model, valid_set, device=device)
+        valid = predict(model, valid_set, device=device, amp=use_amp)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
@@ -328,6 +353,7 @@ def train(
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state() if generator is not None else None,
                     "rng": _rng_state(),
+                    "scaler": scaler.state_dict() if use_amp else None,
                     "history": history,
                     "best_value": best_value,
                     "best_state": best_state,
@@ -350,3 +376,87 @@ def train(
     frame = pd.DataFrame(history)
     frame.attrs["best_epoch"] = best_epoch
     return TrainResult(model, frame, best_epoch, resumed_from)
+
+
+def measure_throughput(
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    *,
+    batch_size: int = 64,
+    num_classes: int = 2,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+    steps: int = 5,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """Images per second of ``model`` on ``device``, on random inputs (compute only, no data
+    loading): a training step (forward, backward, optimiser step) and PGD's score pass
+    (eval-mode forward plus the closed-form last-layer norm), each timed over ``steps`` batches
+    after ``warmup`` untimed ones, with CUDA synchronised around the timings.
+
+    The model is trained for a few steps on noise: pass a copy you do not need.
+
+    Returns:
+        ``{"train_images_per_s": ..., "score_images_per_s": ...}``
+    """
+    from .scores import batch_last_layer_grad_norms
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last and cuda else None
+    use_amp = amp and cuda
+    model.to(device)
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
+    images = _to_device(torch.randn(batch_size, *image_shape), device, memory_format)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def train_step() -> None:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            loss = F.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def score_step() -> None:
+        batch_last_layer_grad_norms(model, images, labels)
+
+    out = {}
+    for name, step, mode in (("train", train_step, True), ("score", score_step, False)):
+        model.train(mode)
+        for _ in range(warmup):
+            step()
+        sync()
+        began = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        out[f"{name}_images_per_s"] = steps * batch_size / (time.perf_counter() - began)
+    model.eval()
+    return out
+
+
+def estimated_seconds(
+    speed: dict[str, float],
+    *,
+    train_samples: int,
+    eval_samples: int,
+    epochs: int,
+    stages: int,
+) -> float:
+    """Wall time a run should take at the measured ``speed`` (see :func:`measure_throughput`):
+    ``stages`` training stages of ``epochs`` epochs over ``train_samples`` images, a validation
+    pass over ``eval_samples`` images after every epoch, one score pass over the training set.
+    Compute only: data loading and decoding, if slower, come on top."""
+    train = stages * epochs * train_samples / speed["train_images_per_s"]
+    evaluate = stages * epochs * eval_samples / speed["score_images_per_s"]
+    score = train_samples / speed["score_images_per_s"]
+    return train + evaluate + score

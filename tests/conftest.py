@@ -67,3 +67,77 @@ def write_mnist_raw(folder: Path, n_train: int = 30, n_test: int = 10, compress:
             else:
                 (raw / name).write_bytes(payload)
     return raw
+
+
+def write_celeba_layout(
+    folder: Path, n: int = 24, kaggle: bool = False, seed: int = 0
+) -> tuple[Path, dict]:
+    """Write CelebA's on-disk layout with ``n`` small random JPEG faces: official (txt files,
+    ``img_align_celeba/``) or Kaggle's (csv files, ``img_align_celeba/img_align_celeba/``).
+
+    Returns the folder and ``{file name: (partition, Blond_Hair, Male)}``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from pgd.celeba import ATTRIBUTES
+
+    rng = np.random.default_rng(seed)
+    images = folder / "img_align_celeba"
+    if kaggle:
+        images = images / "img_align_celeba"
+    images.mkdir(parents=True, exist_ok=True)
+    truth, attr_rows, part_rows = {}, [], []
+    for i in range(n):
+        name = f"{i + 1:06d}.jpg"
+        pixels = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / name, quality=80)
+        values = rng.choice([-1, 1], size=len(ATTRIBUTES))
+        part = 0 if i < n * 2 // 3 else (1 if i < n * 5 // 6 else 2)
+        attr_rows.append((name, values))
+        part_rows.append((name, part))
+        blond, male = ATTRIBUTES.index("Blond_Hair"), ATTRIBUTES.index("Male")
+        truth[name] = (part, int(values[blond] == 1), int(values[male] == 1))
+    if kaggle:
+        lines = ["image_id," + ",".join(ATTRIBUTES)]
+        lines += [name + "," + ",".join(str(v) for v in values) for name, values in attr_rows]
+        (folder / "list_attr_celeba.csv").write_text("\n".join(lines) + "\n")
+        lines = ["image_id,partition"] + [f"{name},{part}" for name, part in part_rows]
+        (folder / "list_eval_partition.csv").write_text("\n".join(lines) + "\n")
+    else:
+        lines = [str(n), " ".join(ATTRIBUTES) + " "]
+        lines += [name + " " + " ".join(f"{v:2d}" for v in values) for name, values in attr_rows]
+        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+        lines = [f"{name} {part}" for name, part in part_rows]
+        (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return folder, truth
+
+
+def write_bffhq_layout(root: Path, per_group: int = 3, pct: str = "0.5pct") -> Path:
+    """Write BFFHQ's distributed layout under ``root/bffhq`` with small random PNG faces:
+    ``<pct>/align/<t>/<id>_<t>_<t>.png``, ``<pct>/conflict/<t>/<id>_<t>_<b>.png`` (b != t),
+    ``valid/`` and ``test/`` with every group."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = root / "bffhq"
+    number = 0
+
+    def write(where: Path, t: int, b: int) -> None:
+        nonlocal number
+        number += 1
+        where.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(where / f"{number:05d}_{t}_{b}.png")
+
+    for t in (0, 1):
+        for _ in range(per_group * 3):
+            write(folder / pct / "align" / str(t), t, t)
+        for _ in range(per_group):
+            write(folder / pct / "conflict" / str(t), t, 1 - t)
+        for split in ("valid", "test"):
+            for b in (0, 1):
+                for _ in range(per_group):
+                    write(folder / split, t, b)
+    return folder

@@ -10,7 +10,7 @@ from pgd.profiles import Profile
 @pytest.mark.parametrize(
     ("field", "value", "valid"),
     [
-        ("dataset", "celeba", "cmnist"),
+        ("dataset", "cifar10", "cmnist, celeba, bffhq"),
         ("method", "lff", "vanilla, pgd"),
         ("profile", "fast", "smoke, quick, full"),
         ("model", "resnet50", "mlp, cnn"),

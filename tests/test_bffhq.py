@@ -1,0 +1,111 @@
+"""BFFHQ loading on folders written in the distributed layout, archives, and its errors."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import pgd.bffhq as bffhq
+from pgd.data import DataUnavailableError
+from tests.conftest import write_bffhq_layout
+
+
+def test_train_is_align_plus_conflict_with_labels_from_file_names(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=2)
+    with pytest.warns(UserWarning, match="distributed dataset has"):
+        data = bffhq.load_bffhq(tmp_path, image_size=32)
+    assert data.is_real and data.folder == folder
+    assert len(data.train) == 2 * (6 + 2) and int(data.train.is_conflicting.sum()) == 4
+    for split in (data.train, data.valid, data.test):
+        for file, t, b in zip(split.files, split.labels, split.bias_labels, strict=True):
+            assert bffhq.parse_labels(file) == (int(t), int(b))
+    assert len(data.test) == 8 and int(data.test.is_conflicting.sum()) == 4  # the whole folder
+    assert data.class_names == ("age 0", "age 1")  # no guess at which is young
+    image, _label, _bias, index = data.valid[1]
+    assert image.shape == (3, 32, 32) and index == 1
+
+
+def test_training_order_is_shuffled_once_so_prefixes_keep_conflicting_samples(tmp_path):
+    write_bffhq_layout(tmp_path, per_group=4)
+    with pytest.warns(UserWarning):
+        first = bffhq.load_bffhq(tmp_path, image_size=32)
+    with pytest.warns(UserWarning):
+        again = bffhq.load_bffhq(tmp_path, image_size=32)
+    assert first.train.files == again.train.files
+    assert sorted(first.train.files) != first.train.files
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_in_the_data_folder_is_extracted(tmp_path, kind):
+    source = write_bffhq_layout(tmp_path / "src", per_group=1)
+    root = tmp_path / "root"
+    root.mkdir()
+    if kind == "zip":
+        with zipfile.ZipFile(root / "bffhq.zip", "w") as z:
+            for path in sorted(source.rglob("*")):
+                z.write(path, path.relative_to(source.parent).as_posix())
+    else:
+        with tarfile.open(root / "bffhq.tar.gz", "w:gz") as t:
+            t.add(source, arcname="bffhq")
+    with pytest.warns(UserWarning):
+        data = bffhq.load_bffhq(root, image_size=32)
+    assert data.folder == root / "bffhq" and len(data.train) == 8
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataUnavailableError, match="Learning-Debiased-Disentangled"):
+        bffhq.load_bffhq(tmp_path)
+
+
+def test_partial_folders_say_what_is_missing(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=1)
+    shutil.rmtree(folder / "0.5pct" / "conflict")
+    with pytest.raises(DataUnavailableError, match=r"incomplete: .*conflict is missing"):
+        bffhq.load_bffhq(tmp_path)
+    folder = write_bffhq_layout(tmp_path / "b", per_group=1)
+    shutil.rmtree(folder / "test")
+    with pytest.raises(DataUnavailableError, match=r"incomplete: .*test is missing"):
+        bffhq.load_bffhq(tmp_path / "b")
+    for png in (folder / "0.5pct" / "align" / "1").iterdir():
+        png.unlink()
+    with pytest.raises(DataUnavailableError, match="holds no images"):
+        bffhq.load_bffhq(tmp_path / "b")
+
+
+def test_other_ratio_folder_is_named_when_absent(tmp_path):
+    write_bffhq_layout(tmp_path, per_group=1)
+    with pytest.raises(DataUnavailableError, match=r"no 2pct folder .*found: 0\.5pct"):
+        bffhq.load_bffhq(tmp_path, ratio=0.02)
+
+
+def test_file_names_and_folders_must_agree(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=1)
+    wrong = next((folder / "0.5pct" / "align" / "0").iterdir())
+    wrong.rename(wrong.with_name("99999_0_1.png"))  # a conflicting name in the align folder
+    with pytest.raises(DataUnavailableError, match="not BFFHQ's layout"):
+        bffhq.load_bffhq(tmp_path)
+    folder = write_bffhq_layout(tmp_path / "b", per_group=1)
+    some = next((folder / "valid").iterdir())
+    some.rename(some.with_name("face.png"))
+    with pytest.raises(ValueError, match=r"<id>_<target>_<bias>\.png"):
+        bffhq.load_bffhq(tmp_path / "b")
+
+
+def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
+    counts = {
+        "train": {(0, 0): 8, (1, 1): 8, (0, 1): 1, (1, 0): 1},
+        "valid": {(0, 0): 1, (1, 1): 1, (0, 1): 1, (1, 0): 1},
+        "test": {(0, 0): 2, (1, 1): 2, (0, 1): 2, (1, 0): 2},
+    }
+    folder = bffhq.write_bffhq_stand_in(tmp_path / "bffhq", counts=counts, size=32)
+    names = {p.relative_to(folder).parts[:3] for p in folder.rglob("*.png")}
+    assert ("0.5pct", "conflict", "1") in names and ("0.5pct", "align", "0") in names
+    assert all(bffhq.parse_labels(p) for p in folder.rglob("*.png"))
+    data = bffhq.load_bffhq(tmp_path, image_size=32)  # the ordinary loader finds it
+    assert data.source == "stand-in" and "STAND-IN" in data.description
+    assert len(data.train) == 18 and len(data.test) == 8
+    assert Path(data.train.files[0]).suffix == ".png"

@@ -1,0 +1,179 @@
+"""CelebA loading on folders written in the real layouts (official and Kaggle), its errors, and
+the download-failure diagnosis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import pgd.celeba as celeba
+from pgd.data import DataUnavailableError
+from pgd.images import CorruptImageError, DownloadError
+from tests.conftest import write_celeba_layout
+
+
+def _expected(truth, split_code):
+    return {name: v for name, v in truth.items() if v[0] == split_code}
+
+
+@pytest.mark.parametrize("kaggle", [False, True], ids=["official", "kaggle"])
+def test_loads_the_official_partition_with_labels_from_the_attribute_file(tmp_path, kaggle):
+    folder, truth = write_celeba_layout(tmp_path / "celeba", n=24, kaggle=kaggle)
+    data = celeba.load_celeba(tmp_path, image_size=32)
+    assert data.is_real and data.folder == folder
+    for split, code in celeba.PARTITIONS.items():
+        dataset = getattr(data, split)
+        expected = _expected(truth, code)
+        assert sorted(Path(f).name for f in dataset.files) == sorted(expected)
+        for file, label in zip(dataset.files, dataset.labels.tolist(), strict=True):
+            assert label == expected[Path(file).name][1]
+    image, label, _bias, index = data.train[0]
+    assert image.shape == (3, 32, 32) and index == 0
+    assert "NOT the official" in data.description  # 24 images, not 202,599
+
+
+def test_bias_label_is_oriented_so_that_aligned_means_equal_labels(tmp_path):
+    _folder, truth = write_celeba_layout(tmp_path / "celeba", n=30)
+    data = celeba.load_celeba(tmp_path, image_size=32)
+    train = _expected(truth, 0)
+    blond = torch.tensor([train[Path(f).name][1] for f in data.train.files], dtype=torch.float)
+    male = torch.tensor([train[Path(f).name][2] for f in data.train.files], dtype=torch.float)
+    negative = float(torch.corrcoef(torch.stack([blond, male]))[0, 1]) < 0
+    expected_bias = (1 - male) if negative else male
+    assert torch.equal(data.train.bias_labels, expected_bias.long())
+    assert data.bias_names == (("Male", "not Male") if negative else ("not Male", "Male"))
+    assert float(torch.corrcoef(torch.stack([blond, data.train.bias_labels.float()]))[0, 1]) >= 0
+
+
+def test_unknown_attribute_lists_the_valid_ones(tmp_path):
+    write_celeba_layout(tmp_path / "celeba", n=12)
+    with pytest.raises(ValueError, match=r"'blond_hair'.*did you mean 'Blond_Hair'.*Wavy_Hair"):
+        celeba.load_celeba(tmp_path, target="blond_hair")
+    with pytest.raises(ValueError, match="must differ"):
+        celeba.load_celeba(tmp_path, target="Male", bias="Male")
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
+    with pytest.raises(DataUnavailableError, match=r"not in .*Kaggle"):
+        celeba.load_celeba(tmp_path)
+
+
+def test_partial_image_folder_reports_how_many_are_missing(tmp_path):
+    folder, _ = write_celeba_layout(tmp_path / "celeba", n=12)
+    (folder / "img_align_celeba" / "000005.jpg").unlink()
+    (folder / "img_align_celeba" / "000007.jpg").unlink()
+    with pytest.raises(DataUnavailableError, match=r"10 of the 12 images .* 2 are missing"):
+        celeba.load_celeba(tmp_path)
+    shutil.rmtree(folder / "img_align_celeba")
+    with pytest.raises(DataUnavailableError, match=r"image folder .* is missing"):
+        celeba.load_celeba(tmp_path)
+
+
+def test_damaged_attribute_file_is_reported(tmp_path):
+    folder, _ = write_celeba_layout(tmp_path / "celeba", n=12)
+    text = (folder / "list_attr_celeba.txt").read_text().splitlines()
+    text[3] = text[3].replace("-1", "7", 1)
+    (folder / "list_attr_celeba.txt").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataUnavailableError, match=r"attribute file .* cannot be read"):
+        celeba.load_celeba(tmp_path)
+
+
+def test_corrupt_image_is_named_when_read(tmp_path):
+    _folder, _ = write_celeba_layout(tmp_path / "celeba", n=12)
+    data = celeba.load_celeba(tmp_path, image_size=32)
+    victim = Path(data.train.files[0])
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(CorruptImageError, match=victim.name):
+        data.train[0]
+
+
+def test_loading_lists_the_disk_once_not_every_epoch(tmp_path, monkeypatch):
+    write_celeba_layout(tmp_path / "celeba", n=12)
+    data = celeba.load_celeba(tmp_path, image_size=32)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the disk was searched again")
+
+    monkeypatch.setattr(os, "scandir", forbidden)
+    monkeypatch.setattr(os, "listdir", forbidden)
+    monkeypatch.setattr(Path, "iterdir", forbidden)
+    monkeypatch.setattr(Path, "glob", forbidden)
+    from pgd.data import batch_loader
+
+    for _epoch in range(2):
+        assert sum(len(batch[1]) for batch in batch_loader(data.train, 4)) == len(data.train)
+
+
+def test_official_zip_beside_the_text_files_is_extracted(tmp_path):
+    folder, _ = write_celeba_layout(tmp_path / "celeba", n=12)
+    archive = folder / "img_align_celeba.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for image in sorted((folder / "img_align_celeba").iterdir()):
+            z.write(image, f"img_align_celeba/{image.name}")
+    shutil.rmtree(folder / "img_align_celeba")
+    data = celeba.load_celeba(tmp_path, image_size=32)
+    assert len(data.train) + len(data.valid) + len(data.test) == 12
+
+
+def test_kaggle_archive_is_extracted(tmp_path):
+    source, _ = write_celeba_layout(tmp_path / "kaggle", n=12, kaggle=True)
+    with zipfile.ZipFile(tmp_path / "archive.zip", "w") as z:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(source).as_posix())
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.move(str(tmp_path / "archive.zip"), root / "archive.zip")
+    data = celeba.load_celeba(root, image_size=32)
+    assert data.folder == root / "celeba" and len(data.train) == 8
+
+
+def _fake_torchvision_download(monkeypatch, payload: bytes):
+    """torchvision's CelebA download, as it fails: it leaves ``payload`` as the zip, then raises."""
+
+    class FakeCelebA:
+        def __init__(self, root, **kwargs):
+            target = Path(root) / "celeba" / "img_align_celeba.zip"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)
+            raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(celeba._compat.import_torchvision().datasets, "CelebA", FakeCelebA)
+
+
+def test_download_failure_with_the_quota_page_tells_what_to_do(tmp_path, monkeypatch):
+    quota = (
+        b"<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title><body>Sorry, you "
+        b"can't view or download this file at this time.</body></html>"
+    )
+    _fake_torchvision_download(monkeypatch, quota)
+    with pytest.raises(DownloadError, match=r"quota(.|\n)*Kaggle"):
+        celeba.load_celeba(tmp_path, download=True)
+
+
+def test_download_failure_with_a_truncated_zip_tells_what_to_do(tmp_path, monkeypatch):
+    _fake_torchvision_download(monkeypatch, b"PK\x03\x04" + b"\x00" * 100)
+    with pytest.raises(DownloadError, match="not a complete zip"):
+        celeba.load_celeba(tmp_path, download=True)
+
+
+def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
+    counts = {
+        "train": {(0, 0): 6, (0, 1): 6, (1, 0): 3, (1, 1): 1},
+        "valid": {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+        "test": {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+    }
+    folder = celeba.write_celeba_stand_in(tmp_path / "standin", counts=counts)
+    assert (folder / "img_align_celeba" / "000001.jpg").is_file()
+    attributes = celeba.read_attributes(folder)
+    assert list(attributes.columns) == list(celeba.ATTRIBUTES)
+    assert len(celeba.read_partition(folder)) == 28
+    # Read back through the ordinary loader (data root = the stand-in's parent folder).
+    data = celeba.load_celeba(folder, image_size=32)
+    assert data.source == "stand-in" and not data.is_real and "STAND-IN" in data.description
+    assert data.summary().loc["train", "samples"] == 16

@@ -1,0 +1,164 @@
+"""Image-file datasets: decoding errors, safe extraction, download diagnosis, stand-in folders."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pgd.images import (
+    STAND_IN_MARKER,
+    CorruptImageError,
+    DownloadError,
+    ImageFileDataset,
+    UnsafeArchiveError,
+    diagnose_download,
+    image_transforms,
+    read_image,
+    render_stand_in,
+    safe_extract,
+    stand_in_folder,
+)
+
+
+def _png(path, size=(20, 16)):
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+    return path
+
+
+def test_read_image_names_a_truncated_file(tmp_path):
+    path = _png(tmp_path / "face.png", (64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptImageError, match=r"face\.png"):
+        read_image(path)
+
+
+def test_read_image_names_a_file_that_is_not_an_image(tmp_path):
+    path = tmp_path / "000001.jpg"
+    path.write_text("<html>quota</html>")
+    with pytest.raises(CorruptImageError, match=r"000001\.jpg"):
+        read_image(path)
+
+
+def test_dataset_items_head_and_evaluation_view(tmp_path):
+    files = [str(_png(tmp_path / f"{i}.png", (40, 40))) for i in range(5)]
+    labels, bias = torch.tensor([0, 1, 0, 1, 0]), torch.tensor([0, 1, 1, 1, 0])
+    train_tf = image_transforms("bffhq", 32, train=True)
+    eval_tf = image_transforms("bffhq", 32, train=False)
+    data = ImageFileDataset(files, labels, bias, "train", train_tf, eval_tf)
+    image, label, b, index = data[2]
+    assert image.shape == (3, 32, 32) and int(label) == 0 and int(b) == 1 and index == 2
+    assert data.is_conflicting.tolist() == [False, False, True, False, False]
+    head = data.head(3)
+    assert len(head) == 3 and head.files == files[:3]
+    assert data.without_augmentation().transform is eval_tf
+
+
+def test_celeba_transform_crops_the_aligned_face_to_a_square(tmp_path):
+    image = Image.new("RGB", (178, 218))
+    assert image_transforms("celeba", 64, train=False)(image).shape == (3, 64, 64)
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_safe_extract_unpacks_a_normal_zip(tmp_path):
+    archive = _zip(tmp_path / "a.zip", {"bffhq/valid/1_0_0.png": b"x", "bffhq/readme.txt": b"y"})
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "bffhq" / "valid" / "1_0_0.png").read_bytes() == b"x"
+    assert not list(tmp_path.glob(".out.extracting"))
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "ok/../../evil.txt"])
+def test_safe_extract_refuses_members_that_escape(tmp_path, name):
+    archive = _zip(tmp_path / "bad.zip", {"fine.txt": b"1", name: b"2"})
+    with pytest.raises(UnsafeArchiveError, match="outside"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "out" / "fine.txt").exists()  # nothing half-extracted
+
+
+def test_safe_extract_refuses_links_in_a_tar(tmp_path):
+    archive = tmp_path / "bffhq.tar"
+    with tarfile.open(archive, "w") as t:
+        info = tarfile.TarInfo("bffhq/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match="link"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_safe_extract_unpacks_a_tar_gz(tmp_path):
+    archive = tmp_path / "bffhq.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        info = tarfile.TarInfo("bffhq/test/3_1_0.png")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"abc"))
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "bffhq" / "test" / "3_1_0.png").read_bytes() == b"abc"
+
+
+def test_diagnose_download_recognises_the_google_drive_quota_page(tmp_path):
+    page = tmp_path / "img_align_celeba.zip"
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
+        "<body>Too many users have viewed or downloaded this file recently.</body></html>"
+    )
+    message = diagnose_download(page)
+    assert "quota" in message and "Kaggle" in message
+    with pytest.raises(DownloadError, match="quota"):
+        safe_extract(page, tmp_path / "out")
+
+
+def test_diagnose_download_recognises_a_truncated_zip(tmp_path):
+    full = _zip(
+        tmp_path / "full.zip", {f"img_align_celeba/{i:06d}.jpg": b"x" * 5000 for i in range(20)}
+    )
+    cut = tmp_path / "img_align_celeba.zip"
+    cut.write_bytes(full.read_bytes()[:30000])
+    assert "not a complete zip" in diagnose_download(cut)
+    assert diagnose_download(full) is None
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(b"")
+    assert "empty" in diagnose_download(empty)
+    assert "expected 7" in diagnose_download(full, expected_size=7)
+
+
+def test_render_stand_in_draws_the_bias_as_colour_and_the_target_as_shape():
+    rng = np.random.default_rng(0)
+    warm = np.asarray(render_stand_in(0, 0, 64, 64, rng), dtype=float)
+    cool = np.asarray(render_stand_in(0, 1, 64, 64, rng), dtype=float)
+    assert warm[0, 0, 0] > warm[0, 0, 2] and cool[0, 0, 2] > cool[0, 0, 0]
+    disc = np.asarray(render_stand_in(0, 0, 64, 64, np.random.default_rng(1)), dtype=float)
+    square = np.asarray(render_stand_in(1, 0, 64, 64, np.random.default_rng(1)), dtype=float)
+    assert np.abs(disc - square).mean() > 1  # same colour draw, different shape
+
+
+def test_stand_in_folder_is_written_once_and_never_over_real_files(tmp_path):
+    calls = []
+
+    def write(out):
+        calls.append(out)
+        (out / "a.txt").write_text("1")
+
+    folder = stand_in_folder(tmp_path / "s", {"dataset": "x", "n": 1}, write)
+    assert (folder / STAND_IN_MARKER).is_file() and (folder / "a.txt").is_file()
+    stand_in_folder(tmp_path / "s", {"dataset": "x", "n": 1}, write)
+    assert len(calls) == 1
+    stand_in_folder(tmp_path / "s", {"dataset": "x", "n": 2}, write)
+    assert len(calls) == 2
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "000001.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not a stand-in"):
+        stand_in_folder(real, {"dataset": "x"}, write)
