@@ -23,6 +23,7 @@ Google Drive answers with its quota page instead of the file.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,35 @@ def read_partition(folder: str | os.PathLike) -> pd.Series:
     return part.astype(np.int64)
 
 
+def verify_official_files(folder: str | os.PathLike) -> list[str]:
+    """Compare the official text files in ``folder`` with torchvision's MD5 checksums when they
+    claim to be the full release (202,599 images); warn about each mismatch and return the names
+    of the files that differ. Other folders (Kaggle's CSV files, subsets, the stand-in) are not
+    checked."""
+    folder = Path(folder)
+    attributes = folder / "list_attr_celeba.txt"
+    if not attributes.is_file():
+        return []
+    with open(attributes) as file:
+        first = file.readline().strip()
+    if first != str(OFFICIAL_COUNTS["all"]):
+        return []
+    datasets = _compat.import_torchvision().datasets
+    differ = []
+    for _file_id, md5, name in datasets.CelebA.file_list:
+        path = folder / name
+        if name.endswith(".txt") and path.is_file():
+            if not datasets.utils.check_integrity(str(path), md5):
+                differ.append(name)
+    if differ:
+        warnings.warn(
+            f"{', '.join(differ)} in {folder} differ from the official release (MD5 checksum): "
+            "the files may be damaged or edited. Download them again if results look wrong.",
+            stacklevel=2,
+        )
+    return differ
+
+
 def check_attribute(name: str, available: list[str], role: str) -> str:
     """``name`` if it is a CelebA attribute, else a ValueError listing the valid ones."""
     if name in available:
@@ -248,6 +278,8 @@ def load_celeba(
         folder = write_celeba_stand_in(root / "stand-in" / "celeba", target=target, bias=bias)
     else:
         folder = prepare_celeba(root, download=download)
+    if not stand_in:
+        verify_official_files(folder)
     attributes = read_attributes(folder)
     names = list(attributes.columns)
     target = check_attribute(target, names, "target")

@@ -51,7 +51,10 @@ def default_workers(device: torch.device | str | None = None) -> int:
     """DataLoader worker processes for image files: ``$PGD_WORKERS`` if set; else on CUDA up to 8
     (one per CPU core), on CPU none (the model already uses every core)."""
     if os.environ.get(WORKERS_ENV):
-        return max(0, int(os.environ[WORKERS_ENV]))
+        value = os.environ[WORKERS_ENV]
+        if not value.strip().isdigit():
+            raise ValueError(f"${WORKERS_ENV} must be a whole number of processes, got {value!r}")
+        return int(value)
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return min(8, os.cpu_count() or 1)

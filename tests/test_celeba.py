@@ -177,3 +177,24 @@ def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
     data = celeba.load_celeba(folder, image_size=32)
     assert data.source == "stand-in" and not data.is_real and "STAND-IN" in data.description
     assert data.summary().loc["train", "samples"] == 16
+
+
+def test_full_release_text_files_are_checked_against_torchvision_checksums(tmp_path, monkeypatch):
+    import hashlib
+
+    folder, _ = write_celeba_layout(tmp_path / "celeba", n=6)
+    attributes = folder / "list_attr_celeba.txt"
+    lines = attributes.read_text().splitlines()
+    attributes.write_text("\n".join(["202599", *lines[1:]]) + "\n")  # claims the full release
+    partition = folder / "list_eval_partition.txt"
+    good = hashlib.md5(partition.read_bytes()).hexdigest()
+    datasets = celeba._compat.import_torchvision().datasets
+    monkeypatch.setattr(
+        datasets.CelebA,
+        "file_list",
+        [("id1", "0" * 32, "list_attr_celeba.txt"), ("id2", good, "list_eval_partition.txt")],
+    )
+    with pytest.warns(UserWarning, match=r"list_attr_celeba\.txt .*differ"):
+        assert celeba.verify_official_files(folder) == ["list_attr_celeba.txt"]
+    attributes.write_text("\n".join(lines) + "\n")  # a subset: not checked
+    assert celeba.verify_official_files(folder) == []

@@ -35,6 +35,23 @@ def test_options_that_do_not_apply_are_refused():
         ExperimentConfig(dataset="cmnist", stand_in=True)
     with pytest.raises(ValueError, match="image_size"):
         ExperimentConfig(dataset="bffhq", image_size=8)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        ExperimentConfig(dataset="cmnist", ratio=0.0)
+    with pytest.raises(ValueError, match="on CelebA only"):
+        ExperimentConfig(dataset="bffhq", target_attr="Young")
+
+
+def test_bad_worker_counts_are_refused(monkeypatch):
+    from pgd.images import default_workers
+    from pgd.pipeline import load_data
+
+    monkeypatch.setenv("PGD_WORKERS", "four")
+    with pytest.raises(ValueError, match="PGD_WORKERS"):
+        default_workers("cpu")
+    monkeypatch.setenv("PGD_WORKERS", "3")
+    assert default_workers("cpu") == 3
+    with pytest.raises(ValueError, match="workers must be 0 or more"):
+        load_data(ExperimentConfig(dataset="bffhq", stand_in=True), workers=-1)
 
 
 def test_profiles_give_resnet_datasets_their_own_epochs():
