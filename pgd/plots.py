@@ -332,3 +332,41 @@ def plot_group_accuracies(tables: dict[str, pd.DataFrame], class_names, bias_nam
     ax.set_ylim(0, 100)
     ax.set_xlabel("")
     return ax
+
+
+def plot_accuracy_vs_ratio(
+    results: pd.DataFrame,
+    y: str = "accuracy",
+    labels: dict[str, str] | None = None,
+    ax=None,
+) -> plt.Axes:
+    """Mean ``y`` against the bias-conflicting ratio (log scale), one line per method with the
+    standard deviation over seeds as a band; oracles (column ``oracle``) dashed. ``results``: the
+    tidy table of :func:`pgd.compare.run_grid`."""
+    frame = results.assign(ratio_pct=100 * results["ratio"])
+    if labels:
+        frame["method"] = frame["method"].map(lambda m: labels.get(m, m))
+    order = list(dict.fromkeys(frame["method"]))
+    oracle = dict(zip(frame["method"], frame["oracle"], strict=False))
+    ax = ax or plt.subplots(figsize=(7.5, 4))[1]
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
+    for method in order:
+        sns.lineplot(
+            data=frame[frame["method"] == method],
+            x="ratio_pct",
+            y=y,
+            errorbar="sd",
+            marker="o",
+            color=palette[method],
+            linestyle="--" if oracle[method] else "-",
+            label=method,
+            ax=ax,
+        )
+    ax.set_xscale("log")
+    ticks = sorted(frame["ratio_pct"].unique())
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("bias-conflicting samples in the training set")
+    ax.set_ylabel(y.replace("_", " ") + " (%)")
+    ax.legend(fontsize="small", ncol=2)
+    return ax

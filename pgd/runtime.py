@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -93,8 +94,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.cache
 def code_fingerprint() -> str:
-    """A short hash of this package's source, so that checkpoints of older code are not resumed."""
+    """A short hash of this package's source, so that checkpoints of older code are not resumed.
+
+    Computed once per process, from the files as they were when first asked: a long run that
+    outlives an edit of the package still reports the code it is running."""
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode())

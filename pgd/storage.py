@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -16,21 +17,28 @@ class CorruptFileError(RuntimeError):
     """A file exists but cannot be read back, or its content does not match its checksum."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``. A crash at any moment leaves either the old file or the new one, never a mix."""
-    path = Path(path)
+@contextmanager
+def _atomic_file(path: Path, mode: str) -> Iterator[IO]:
+    """An open temporary file beside ``path`` that replaces ``path`` once written and synced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+        with os.fdopen(handle, mode) as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``. A crash at any moment leaves either the old file or the new one, never a mix."""
+    path = Path(path)
+    with _atomic_file(path, "wb") as file:
+        torch.save(obj, file)
     return path
 
 
@@ -60,3 +68,11 @@ def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically, like :func:`atomic_save`."""
+    path = Path(path)
+    with _atomic_file(path, "w") as file:
+        file.write(text)
+    return path

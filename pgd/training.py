@@ -1,5 +1,6 @@
-"""One training loop for every model of the book: ERM, the GCE-trained biased model, and PGD's
-debiased model differ only in their loss and in how batches are sampled.
+"""One training loop for every model of the book: ERM, the GCE-trained biased model, PGD's
+debiased model and the baselines of :mod:`pgd.baselines` differ only in their loss (an
+*objective*) and in how batches are sampled.
 
 The loop selects its model on the validation split only (never the test split), writes an atomic
 checkpoint after every epoch, and resumes a killed run exactly: model, optimiser, learning-rate
@@ -102,6 +103,35 @@ class GeneralizedCELoss(nn.Module):
         return ce * p_y.pow(self.q) * self.q
 
 
+class Objective:
+    """The loss a training stage minimises, computed from one batch.
+
+    The default objective is the configured cross-entropy or GCE of ``model(images)``. Methods
+    with more to do per batch (LfF's two models, GroupDRO's group weights) subclass it; whatever
+    state they keep between batches goes through :meth:`state_dict` into the checkpoint, so a
+    killed run resumes with it.
+    """
+
+    def __init__(self, loss: str = "ce", gce_q: float = 0.7) -> None:
+        self.criterion = GeneralizedCELoss(gce_q) if loss == "gce" else None
+
+    def __call__(
+        self, model: nn.Module, images: Tensor, labels: Tensor, bias: Tensor, index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(loss, logits)``: the scalar loss to minimise and the ``(B, C)`` logits of
+        the model being trained (for the running training accuracy)."""
+        logits = model(images).float()
+        if self.criterion is None:
+            return F.cross_entropy(logits, labels), logits
+        return self.criterion(logits, labels).mean(), logits
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
@@ -200,6 +230,7 @@ def train(
     desc: str = "training",
     progress: bool | None = None,
     stop_after_batches: int | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, selecting weights on ``valid_set``.
 
@@ -222,6 +253,8 @@ def train(
             committed notebooks show).
         stop_after_batches: raise KeyboardInterrupt after this many batches in total (to
             simulate a killed run in tests).
+        objective: the per-batch loss (default: ``config.loss`` on ``model(images)``); its state
+            is checkpointed and restored with the model's.
 
     Returns:
         A :class:`TrainResult` whose model holds the selected weights.
@@ -243,7 +276,8 @@ def train(
     if sampler is None:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
     generator: torch.Generator | None = getattr(sampler, "generator", None)
-    criterion = GeneralizedCELoss(config.gce_q) if config.loss == "gce" else None
+    if objective is None:
+        objective = Objective(config.loss, config.gce_q)
     loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=cuda)
     identity = {"fingerprint": fingerprint, "config": asdict(config)}
 
@@ -272,6 +306,7 @@ def train(
         _set_rng_state(state["rng"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        objective.load_state_dict(state.get("objective") or {})
         history, best_value = state["history"], state["best_value"]
         best_state, best_epoch = state["best_state"], state["best_epoch"]
         start = resumed_from = state["epoch"] + 1
@@ -293,19 +328,14 @@ def train(
         model.train()
         began = time.perf_counter()
         loss_sum, correct, seen = 0.0, torch.zeros((), device=device, dtype=torch.long), 0
-        for batch, (images, labels, _bias, _index) in enumerate(loader):
+        for batch, (images, labels, bias, index) in enumerate(loader):
             if stop_after_batches is not None and batches_seen >= stop_after_batches:
                 raise KeyboardInterrupt(f"stopped after {batches_seen} batches (test hook)")
             batches_seen += 1
             images = _to_device(images, device, memory_format)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            logits = logits.float()
-            if criterion is None:
-                loss = F.cross_entropy(logits, labels)
-            else:
-                loss = criterion(logits, labels).mean()
+                loss, logits = objective(model, images, labels, bias.to(device), index)
             loss_value = loss.item()  # the one host-device synchronisation per batch
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -354,6 +384,7 @@ def train(
                     "generator": generator.get_state() if generator is not None else None,
                     "rng": _rng_state(),
                     "scaler": scaler.state_dict() if use_amp else None,
+                    "objective": objective.state_dict(),
                     "history": history,
                     "best_value": best_value,
                     "best_state": best_state,
