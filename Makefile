@@ -1,6 +1,6 @@
 # The PGD book. Two commands do everything on a fresh machine:
 #   make book   set up .venv, build the site into _build/html
-#   make test   set up .venv, then lint, unit tests, notebooks (smoke profile), strict book build
+#   make test   set up .venv, then lint, strict book build, unit tests (site in Chromium too), notebooks (smoke)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PGD_PROFILE ?= full
 
-.PHONY: setup book test lint unit notebooks book-strict execute bench clean clean-runs
+.PHONY: setup book test lint unit notebooks book-strict execute bench student clean clean-runs
 
 setup: $(STAMP)
 
@@ -42,7 +42,9 @@ notebooks: setup
 	PGD_PROFILE=smoke PGD_RUNS=$(CURDIR)/_build/smoke-runs MPLBACKEND=Agg \
 		$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
 
-test: lint unit notebooks book-strict
+# The strict build runs before the unit tests: tests/test_site_browser.py then drives Chromium over
+# that fresh _build/html instead of building the site a second time.
+test: lint book-strict unit notebooks
 
 # Re-execute every notebook in place, top to bottom, in $(PGD_PROFILE) (default full), progress
 # bars replaced by one summary line per training stage: this is
@@ -60,6 +62,10 @@ execute: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[pinned,bench]"
 	$(BIN)/python benchmarks/per_sample_norms.py
+
+# Classroom kit: every chapter without outputs and without exercise solutions (standard library only).
+student:
+	$(PYTHON) book/tools/make_student.py --out _build/student
 
 clean-runs:
 	rm -rf _build/runs-* _build/smoke-runs

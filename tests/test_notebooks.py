@@ -42,6 +42,28 @@ def test_first_code_cell_installs_from_this_repository_only_on_colab(path):
     assert "notebook_setup(" in first  # finds the GPU and says what it found
 
 
+# A chapter trains when it calls the pipeline's training entry points (or a comparison of them).
+TRAINS = re.compile(r"\bpipeline\.(run|train_\w+)\(|\brun_grid\(|\bpgd\s+compare\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapters_that_train_ask_colab_for_a_gpu_runtime(path):
+    nb = _load(path)
+    if not any(TRAINS.search(_source(c)) for c in _code_cells(nb)):
+        pytest.skip(f"{path.name} trains no model, so it need not ask for a GPU")
+    assert nb["metadata"].get("accelerator") == "GPU", "Colab opens it on a CPU runtime"
+    assert nb["metadata"].get("colab", {}).get("gpuType"), "no Colab GPU type in the metadata"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_sets_the_data_and_checkpoint_folders_with_the_drive_switch(path):
+    first = _source(_code_cells(_load(path))[0])
+    assert re.search(r"^env = notebook_setup\(use_drive=\w+\)", first, re.M), (
+        "the first cell must call notebook_setup(use_drive=...): it sets the data and checkpoint "
+        "folders, on Google Drive for Colab users who switch it on"
+    )
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_colab_badge_points_at_this_file_on_main(path):
     slug = REPO_URL.removeprefix("https://github.com/")
@@ -63,6 +85,23 @@ def test_committed_outputs_come_from_one_clean_non_smoke_run(path):
     shown = json.dumps(provenance[0]["outputs"])
     assert re.search(r"profile\W+(quick|full)", shown), "provenance must show a real profile"
     assert not re.search(r"profile\W{0,8}smoke", outputs, re.I)
+    # The setup cell printed the same profile as the provenance table: one run, one profile.
+    printed = re.search(r"profile '(\w+)'", json.dumps(cells[0].get("outputs", [])))
+    assert printed, "the setup cell did not print its profile"
+    assert re.search(rf"profile\W+{printed.group(1)}\b", shown)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_run_recorded_its_timing_in_cell_order(path):
+    """nbconvert/make execute record when each cell ran; book/tools/chapter_times.py reads them."""
+    times = []
+    for cell in _code_cells(_load(path)):
+        execution = cell["metadata"].get("execution", {})
+        assert "iopub.execute_input" in execution and "shell.execute_reply" in execution, (
+            "a code cell without execution timestamps: not executed by make execute"
+        )
+        times += [execution["iopub.execute_input"], execution["shell.execute_reply"]]
+    assert times == sorted(times), "cells were not executed once each, top to bottom"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
