@@ -177,7 +177,8 @@ Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 20000))]).the
     title: document.title,
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
     images: Array.from(document.images).map(i => ({src: i.currentSrc || i.src,
-                                                   width: i.naturalWidth})),
+                                                   width: i.naturalWidth,
+                                                   alt: i.getAttribute("alt") || ""})),
     text: document.body.textContent,
     launch: Array.from(document.querySelectorAll(LAUNCH)).map(a => a.href)
       .filter(h => h.includes('colab.research.google.com')),
@@ -272,10 +273,23 @@ def test_every_image_loads(pages):
         for image in page["images"]:
             if image["src"] in EXTERNAL_IMAGES:
                 continue  # cannot load without internet; allowed by name
-            if not image["src"].startswith("http://127.0.0.1") or image["width"] <= 0:
-                broken.append(f"{rel}: {image['src']}")
+            local = image["src"].startswith(("http://127.0.0.1", "data:image/"))  # inline: glue
+            if not local or image["width"] <= 0:
+                broken.append(f"{rel}: {image['src'][:120]}")
     assert not broken, "images that are external or did not load:\n" + "\n".join(broken)
     assert sum(len(page["images"]) for page in pages.values()) > 20  # the chapters' figures
+
+
+def test_every_figure_has_alt_text_that_describes_it(pages):
+    """Sphinx falls back to the file name when a figure has no alt text: that is not one."""
+    missing = [
+        f"{rel}: {image['src'][:80]}"
+        for rel, page in pages.items()
+        for image in page["images"]
+        if ("/_images/" in image["src"] or image["src"].startswith("data:image/"))  # figures
+        and (len(image["alt"]) < 15 or image["alt"].endswith((".png", ".svg", ".jpg")))
+    ]
+    assert not missing, "images without a real alt text:\n" + "\n".join(missing)
 
 
 def test_every_chapter_page_has_a_colab_launch_button_for_its_own_notebook(site, pages):
