@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="biased",
         help="PGD's debiased model starts from the biased weights (official) or from scratch",
     )
+    # The baselines' own hyper-parameters; left out, ExperimentConfig's defaults apply.
+    r.add_argument("--jtt-epochs", type=int, help="jtt: epochs of the identification model (2)")
+    r.add_argument(
+        "--jtt-upweight", type=float, help="jtt: lambda, how often the error set is drawn (50)"
+    )
+    r.add_argument("--dro-step", type=float, help="groupdro: step size eta (0.01)")
+    r.add_argument("--lff-q", type=float, help="lff: GCE exponent q (0.7)")
+    r.add_argument("--lff-ema", type=float, help="lff: loss moving-average decay (0.7)")
     r.add_argument("--data-root", default=None, help="dataset folder (default $PGD_DATA)")
     r.add_argument(
         "--checkpoint-dir",
@@ -181,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Every option named like a field of ExperimentConfig goes into it.
-    config = ExperimentConfig(**{f.name: getattr(args, f.name) for f in fields(ExperimentConfig)})
+    # Every option named like a field of ExperimentConfig goes into it, unless it was left out.
+    given = {f.name: getattr(args, f.name, None) for f in fields(ExperimentConfig)}
+    config = ExperimentConfig(**{k: v for k, v in given.items() if v is not None})
     result = run(
         config,
         data_root=args.data_root,

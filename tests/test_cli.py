@@ -116,3 +116,10 @@ def test_process_killed_mid_training_resumes_to_identical_weights(tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert a["history"][-1]["valid_loss"] == b["history"][-1]["valid_loss"]
     assert Path(cut / "biased.pt").exists()
+
+
+def test_run_passes_the_baselines_hyper_parameters_to_the_configuration(capsys):
+    assert main(["run", "--method", "groupdro", "--dro-step", "-1", "--profile", "smoke"]) == 2
+    assert "step size must be positive" in capsys.readouterr().err
+    assert main(["run", "--method", "jtt", "--jtt-upweight", "0.5", "--profile", "smoke"]) == 2
+    assert "lambda must be at least 1" in capsys.readouterr().err
