@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -475,6 +476,26 @@ def _fit_three(data: ToyData, ridge: float, gen: torch.Generator | None, n: int 
     return fits
 
 
+def _debiasing_rows(
+    data: ToyData, test: ToyData, ridge: float, gen: torch.Generator | None, n: int | None
+) -> list[dict[str, Any]]:
+    """One row per method of :func:`_fit_three`: ``accuracy`` on ``test``, ``colour_reliance``
+    (``theta_colour / theta_shape``) and ``conflicting_mass`` (share of the sampling mass on the
+    conflicting samples; their share of the data for ``uniform``)."""
+    rows = []
+    for method, (theta, w) in _fit_three(data, ridge, gen, n).items():
+        weights = torch.ones(len(data.y), dtype=DTYPE) if w is None else w
+        rows.append(
+            {
+                "method": method,
+                "accuracy": accuracy(theta, test.x, test.y),
+                "colour_reliance": float(theta[1] / theta[0]),
+                "conflicting_mass": float(weights[data.conflicting].sum() / weights.sum()),
+            }
+        )
+    return rows
+
+
 def simulate_debiasing(
     problem: SpuriousProblem,
     rho: float,
@@ -499,21 +520,10 @@ def simulate_debiasing(
     for s in range(seeds):
         gen = torch.Generator().manual_seed(10_000 * (seed + 1) + s)
         data = problem.sample(n, rho, gen)
-        for method, (theta, w) in _fit_three(data, ridge, gen, n).items():
-            mass = (
-                data.conflicting.to(DTYPE).mean()
-                if w is None
-                else w[data.conflicting].sum() / w.sum()
-            )
-            rows.append(
-                {
-                    "method": method,
-                    "seed": s,
-                    "accuracy": accuracy(theta, test.x, test.y),
-                    "colour_reliance": float(theta[1] / theta[0]),
-                    "conflicting_mass": float(mass),
-                }
-            )
+        rows += [
+            {"method": row["method"], "seed": s, **row}
+            for row in _debiasing_rows(data, test, ridge, gen, n)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -526,17 +536,4 @@ def population_accuracy(
     gen = torch.Generator().manual_seed(seed)
     data = problem.sample(size, rho, gen)
     test = problem.sample(size, 0.5, gen)
-    rows = []
-    for method, (theta, w) in _fit_three(data, ridge, None, None).items():
-        mass = (
-            data.conflicting.to(DTYPE).mean() if w is None else w[data.conflicting].sum() / w.sum()
-        )
-        rows.append(
-            {
-                "method": method,
-                "accuracy": accuracy(theta, test.x, test.y),
-                "colour_reliance": float(theta[1] / theta[0]),
-                "conflicting_mass": float(mass),
-            }
-        )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(_debiasing_rows(data, test, ridge, None, None))

@@ -104,6 +104,7 @@ def test_throughput_is_measured_for_training_and_scoring():
 def test_stand_in_smoke_run_reports_groups_and_says_stand_in(tmp_path, dataset, capsys):
     out = tmp_path / "result.json"
     argv = ["run", "--dataset", dataset, "--stand-in", "--method", "pgd", "--profile", "smoke"]
+    argv += ["--epochs", "1", "--image-size", "32"]  # the whole pipeline, at the smallest cost
     assert main([*argv, "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "STAND-IN DATA" in printed and "per (label, bias) group" in printed
