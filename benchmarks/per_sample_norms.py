@@ -49,13 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pgd  # noqa: F401  (torchvision import fix, before anything else)
-from pgd.grad_norms import grad_norms
-from pgd.models import build_model, resnet18
-from pgd.scores import (
+from pgd.gradients.grad_norms import grad_norms
+from pgd.gradients.scores import (
     batch_last_layer_grad_norms,
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
 )
+from pgd.models import build_model, resnet18
 
 MODELS = ("mlp", "cnn", "resnet18")
 METHODS = ("fwd+bwd", "last layer", "all layers", "vmap(grad)", "loop", "BackPACK", "Opacus")

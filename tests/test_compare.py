@@ -6,9 +6,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import pgd.compare as compare
-from pgd.cli import main
-from pgd.compare import parse_methods, parse_ratios, run_grid, summary_table, wall_time_table
+import pgd.experiments.compare as compare
+from pgd.experiments.cli import main
+from pgd.experiments.compare import (
+    parse_methods,
+    parse_ratios,
+    run_grid,
+    summary_table,
+    wall_time_table,
+)
 
 GRID = {
     "dataset": "cmnist",

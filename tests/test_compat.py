@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 import pgd
-from pgd import _compat
+from pgd.core import compat as _compat
 import torch, torchvision
 from torchvision.models import resnet18
 from torchvision.transforms import v2

@@ -4,15 +4,13 @@ import math
 
 import pytest
 import torch
-from conftest import synthetic_digits, write_mnist_raw
+from layouts import synthetic_digits, write_mnist_raw
 
-from pgd import data as data_module
-from pgd.data import (
+from pgd.datasets import cmnist as data_module
+from pgd.datasets.base import DataUnavailableError, batch_loader, check_ratio
+from pgd.datasets.cmnist import (
     PALETTE,
     ColoredMNIST,
-    DataUnavailableError,
-    batch_loader,
-    check_ratio,
     colorize,
     load_digits,
     make_colored_mnist,
@@ -27,7 +25,7 @@ def no_mnist_download(monkeypatch):
 
 
 def pgd_torchvision():
-    from pgd import _compat
+    from pgd.core import compat as _compat
 
     return _compat.import_torchvision()
 

@@ -10,10 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from pgd import grad_norms as gn
-from pgd.grad_norms import describe_plan, grad_norms, select_modules
+from pgd.gradients import grad_norms as gn
+from pgd.gradients.grad_norms import describe_plan, grad_norms, select_modules
+from pgd.gradients.scores import closed_form_grad_norms, per_sample_grad_norms
 from pgd.models import build_model
-from pgd.scores import closed_form_grad_norms, per_sample_grad_norms
 
 DTYPES = [torch.float32, torch.float64]
 

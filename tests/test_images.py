@@ -11,19 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pgd.images import (
-    STAND_IN_MARKER,
-    CorruptImageError,
+from pgd.datasets.archives import (
     DownloadError,
-    ImageFileDataset,
     UnsafeArchiveError,
     diagnose_download,
-    image_transforms,
-    read_image,
-    render_stand_in,
     safe_extract,
-    stand_in_folder,
 )
+from pgd.datasets.images import CorruptImageError, ImageFileDataset, image_transforms, read_image
+from pgd.datasets.standins import STAND_IN_MARKER, render_stand_in, stand_in_folder
 
 
 def _png(path, size=(20, 16)):

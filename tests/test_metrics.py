@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pgd.metrics import Predictions, evaluate, group_accuracy_table, predict, summarize
+from pgd.training.metrics import Predictions, evaluate, group_accuracy_table, predict, summarize
 
 
 def _predictions(predicted, labels, bias):
@@ -60,7 +60,7 @@ def test_predict_returns_index_ordered_outputs_and_restores_mode(cmnist):
 def test_roc_auc_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from pgd.metrics import roc_auc
+    from pgd.training.metrics import roc_auc
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 20, (300,), generator=g).double()  # many ties
@@ -69,14 +69,14 @@ def test_roc_auc_matches_scikit_learn_with_ties():
 
 
 def test_roc_auc_needs_both_classes():
-    from pgd.metrics import roc_auc
+    from pgd.training.metrics import roc_auc
 
     with pytest.raises(ValueError, match="positive and one negative"):
         roc_auc(torch.ones(3), torch.ones(3, dtype=torch.bool))
 
 
 def test_bias_following_rate_counts_conflicting_samples_predicted_as_their_bias():
-    from pgd.metrics import bias_following_rate
+    from pgd.training.metrics import bias_following_rate
 
     # conflicting samples: (label 0, bias 1) predicted 1 -> follows; (1, 2) predicted 1 -> not.
     p = _predictions([1, 1, 0], [0, 1, 0], [1, 2, 0])

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgd.pipeline import ExperimentConfig, load_data, run, stage_config
-from pgd.profiles import Profile
+from pgd.core.profiles import Profile
+from pgd.experiments.pipeline import ExperimentConfig, load_data, run
+from pgd.training.schedules import stage_config
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pgd import plots
-from pgd.metrics import group_accuracy_table, predict
+from pgd.book import plots
+from pgd.book.notebook import notebook_setup, provenance_table
+from pgd.core.profiles import get_profile
+from pgd.core.runtime import provenance, resolve_device
 from pgd.models import build_model
-from pgd.profiles import get_profile
-from pgd.runtime import notebook_setup, provenance, provenance_table, resolve_device
+from pgd.training.metrics import group_accuracy_table, predict
 
 
 def test_sample_grid_shows_aligned_and_conflicting_panels(cmnist):
@@ -91,7 +92,7 @@ def test_score_histogram_survives_zero_scores():
 
 
 def test_committed_benchmark_results_load_and_plot():
-    from pgd.runtime import benchmark_results
+    from pgd.book.notebook import benchmark_results
 
     table = benchmark_results("per_sample_norms_cpu.csv")
     assert {"model", "method", "ms", "time_vs_floor", "machine"} <= set(table.columns)
@@ -102,11 +103,11 @@ def test_committed_benchmark_results_load_and_plot():
 
 
 def test_missing_benchmark_results_say_how_to_make_them(monkeypatch):
-    from pgd import runtime
+    from pgd.book import notebook
 
-    monkeypatch.setattr(runtime, "BENCHMARK_URL", "file:///nonexistent/")
+    monkeypatch.setattr(notebook, "BENCHMARK_URL", "file:///nonexistent/")
     with pytest.raises(FileNotFoundError, match="make bench"):
-        runtime.benchmark_results("no_such_table.csv")
+        notebook.benchmark_results("no_such_table.csv")
 
 
 def test_score_agreement_plot_has_both_groups():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgd.profiles import PROFILES, Profile, get_profile
+from pgd.core.profiles import PROFILES, Profile, get_profile
 
 
 def test_profile_comes_from_the_environment_and_defaults_to_quick(monkeypatch):

@@ -8,15 +8,16 @@ import urllib.error
 
 import pytest
 import torch
+from layouts import write_bffhq_layout
 
 import pgd.models
-from pgd.cli import main
-from pgd.images import measure_loading
+from pgd.core.profiles import get_profile
+from pgd.datasets.images import measure_loading
+from pgd.experiments.cli import main
+from pgd.experiments.config import ExperimentConfig
 from pgd.models import build_model
-from pgd.pipeline import ExperimentConfig, stage_config
-from pgd.profiles import get_profile
-from pgd.training import estimated_seconds, measure_throughput
-from tests.conftest import write_bffhq_layout
+from pgd.training.loop import estimated_seconds, measure_throughput
+from pgd.training.schedules import stage_config
 
 
 def test_real_world_datasets_default_to_resnet18_and_their_own_ratio():
@@ -31,19 +32,19 @@ def test_real_world_datasets_default_to_resnet18_and_their_own_ratio():
 def test_options_that_do_not_apply_are_refused():
     with pytest.raises(ValueError, match="CelebA has no bias-conflicting ratio"):
         ExperimentConfig(dataset="celeba", ratio=0.01)
-    with pytest.raises(ValueError, match="apply to celeba and bffhq"):
+    with pytest.raises(ValueError, match="stand_in is a setting of celeba, bffhq"):
         ExperimentConfig(dataset="cmnist", stand_in=True)
     with pytest.raises(ValueError, match="image_size"):
         ExperimentConfig(dataset="bffhq", image_size=8)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         ExperimentConfig(dataset="cmnist", ratio=0.0)
-    with pytest.raises(ValueError, match="on CelebA only"):
+    with pytest.raises(ValueError, match="target_attr is a setting of celeba,"):
         ExperimentConfig(dataset="bffhq", target_attr="Young")
 
 
 def test_bad_worker_counts_are_refused(monkeypatch):
-    from pgd.images import default_workers
-    from pgd.pipeline import load_data
+    from pgd.datasets.images import default_workers
+    from pgd.experiments.pipeline import load_data
 
     monkeypatch.setenv("PGD_WORKERS", "four")
     with pytest.raises(ValueError, match="PGD_WORKERS"):
@@ -151,9 +152,9 @@ def test_image_figures_show_every_group(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from pgd.bffhq import load_bffhq
-    from pgd.metrics import group_accuracy_table, predict
-    from pgd.plots import plot_group_accuracies, plot_image_groups, plot_scores_by_group
+    from pgd.book.plots import plot_group_accuracies, plot_image_groups, plot_scores_by_group
+    from pgd.datasets.bffhq import load_bffhq
+    from pgd.training.metrics import group_accuracy_table, predict
 
     write_bffhq_layout(tmp_path, per_group=2)
     with pytest.warns(UserWarning):

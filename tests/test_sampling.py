@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pgd.sampling import importance_sampler, probability_mass, sampling_probabilities
+from pgd.methods.sampling import importance_sampler, probability_mass, sampling_probabilities
 
 
 def test_probabilities_are_scores_divided_by_their_sum():
@@ -66,7 +66,7 @@ def test_probability_mass_of_a_group():
 
 
 def test_expected_distinct_matches_simulation_and_the_uniform_limit():
-    from pgd.sampling import expected_distinct
+    from pgd.methods.sampling import expected_distinct
 
     n = 1000
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pgd.models import MLP, SmallCNN, build_model
-from pgd.scores import (
+from pgd.gradients.scores import (
     batch_last_layer_grad_norms,
     closed_form_grad_norms,
     grad_norm_scores,
@@ -15,6 +14,7 @@ from pgd.scores import (
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
 )
+from pgd.models import MLP, SmallCNN, build_model
 
 P_VALUES = [2.0, 1.0, 0.7, 3.0, math.inf]
 
@@ -75,7 +75,7 @@ def test_dataset_scores_follow_sample_indices_whatever_the_batch_order(cmnist):
     subset = cmnist.train.head(300)
     sequential = last_layer_grad_norms(model, subset, batch_size=64)
     assert sequential.shape == (300,)
-    from pgd.data import batch_loader
+    from pgd.datasets.base import batch_loader
 
     order = torch.randperm(300, generator=torch.Generator().manual_seed(0)).tolist()
     shuffled = last_layer_grad_norms(model, batch_loader(subset, 50, order))

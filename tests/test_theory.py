@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from pgd import theory
+from pgd.book import theory
+from pgd.gradients.scores import grad_norm_scores
+from pgd.methods.sampling import importance_sampler, sampling_probabilities
 from pgd.models import build_model
-from pgd.sampling import importance_sampler, sampling_probabilities
-from pgd.scores import grad_norm_scores
 
 DT = torch.float64
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgd import storage
-from pgd.data import ColoredMNIST
+from pgd.core import storage
+from pgd.core.storage import CorruptFileError, atomic_save, safe_load
+from pgd.datasets.cmnist import ColoredMNIST
+from pgd.methods.sampling import importance_sampler
 from pgd.models import build_model
-from pgd.sampling import importance_sampler
-from pgd.storage import CorruptFileError, atomic_save, safe_load
-from pgd.training import GeneralizedCELoss, TrainConfig, load_checkpoint, train
+from pgd.training.loop import GeneralizedCELoss, TrainConfig, load_checkpoint, train
 
 CNN_FAST = TrainConfig(epochs=3, batch_size=64, lr=0.02, lr_step=2)
 
@@ -175,6 +175,23 @@ def test_checkpoint_of_another_configuration_is_not_resumed(cmnist, tmp_path):
             progress=False,
         )
     assert result.resumed_from is None
+
+
+def test_checkpoint_of_code_proven_equivalent_is_resumed(cmnist, tmp_path):
+    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
+    config = TrainConfig(epochs=1, batch_size=64)
+    old = dict(config=config, checkpoint=tmp_path / "c.pt", progress=False)
+    train(_fresh(), train_set, valid_set, fingerprint="old code", **old)
+    again = train(
+        _fresh(seed=5),
+        train_set,
+        valid_set,
+        fingerprint="new code",
+        equivalent=["old code"],
+        resume=True,
+        **old,
+    )
+    assert again.resumed_from == 1  # read back, not retrained
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -9,6 +9,9 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
+from ..datasets.cmnist import PALETTE
+from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
+
 GROUP_COLOURS = {"bias-aligned": "#4C72B0", "bias-conflicting": "#DD8452"}
 
 
@@ -166,8 +169,6 @@ def plot_group_heatmap(groups: pd.DataFrame, ax=None, title: str | None = None) 
 
 def plot_palette() -> Figure:
     """The ten colours of Colored MNIST, labelled with the class each one goes with."""
-    from .data import PALETTE
-
     fig, ax = plt.subplots(figsize=(7, 1.1))
     ax.imshow(PALETTE[None].numpy(), aspect="auto")
     ax.set_xticks(range(len(PALETTE)), labels=[f"class {k}" for k in range(len(PALETTE))])
@@ -181,7 +182,7 @@ def plot_recoloured(images: torch.Tensor, predicted: torch.Tensor, label: int) -
     """One digit in every colour, each titled with the model's prediction (red when wrong).
 
     Args:
-        images: ``(K, 3, H, W)``, e.g. from :func:`pgd.data.recolour`.
+        images: ``(K, 3, H, W)``, e.g. from :func:`pgd.datasets.cmnist.recolour`.
         predicted: ``(K,)`` predicted classes. label: the digit's true class.
     """
     fig, axes = plt.subplots(1, len(images), figsize=(1.1 * len(images), 1.6))
@@ -243,8 +244,6 @@ def plot_score_agreement(
 
 
 def _denormalise(image: torch.Tensor) -> torch.Tensor:
-    from .images import IMAGENET_MEAN, IMAGENET_STD
-
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (image * std + mean).clamp(0, 1)
@@ -257,7 +256,8 @@ def _group_label(t: int, b: int, class_names, bias_names) -> str:
 
 def plot_image_groups(splits, split: str = "train", per_group: int = 6) -> Figure:
     """A row of ``per_group`` images for each (target, bias) group of a CelebA or BFFHQ split
-    (:class:`pgd.images.ImageSplits`), un-augmented and un-normalised, rows named by group."""
+    (:class:`pgd.datasets.images.ImageSplits`), un-augmented and un-normalised, rows named by
+    group."""
     dataset = getattr(splits, split).without_augmentation()
     groups = [(t, b) for t in range(len(splits.class_names)) for b in range(len(splits.bias_names))]
     shape = (3, splits.image_size, splits.image_size)
@@ -313,7 +313,8 @@ def plot_group_accuracies(tables: dict[str, pd.DataFrame], class_names, bias_nam
     """Test accuracy per (target, bias) group, one bar per method.
 
     Args:
-        tables: method name -> :func:`pgd.metrics.group_accuracy_table` of its test predictions.
+        tables: method name -> :func:`pgd.training.metrics.group_accuracy_table` of its test
+            predictions.
     """
     rows = []
     for method, table in tables.items():
@@ -342,7 +343,7 @@ def plot_accuracy_vs_ratio(
 ) -> plt.Axes:
     """Mean ``y`` against the bias-conflicting ratio (log scale), one line per method with the
     standard deviation over seeds as a band; oracles (column ``oracle``) dashed. ``results``: the
-    tidy table of :func:`pgd.compare.run_grid`."""
+    tidy table of :func:`pgd.experiments.compare.run_grid`."""
     frame = results.assign(ratio_pct=100 * results["ratio"])
     if labels:
         frame["method"] = frame["method"].map(lambda m: labels.get(m, m))

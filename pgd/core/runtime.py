@@ -1,4 +1,5 @@
-"""Where things run and where files go: device, data root, run folders, seeds, provenance."""
+"""Where things run and where files go: device, data root, run folders, seeds, provenance, and
+the one warning format for results that could be mistaken for the real thing."""
 
 from __future__ import annotations
 
@@ -9,19 +10,15 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .profiles import Profile, get_profile
-
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 DATA_ENV = "PGD_DATA"
 RUNS_ENV = "PGD_RUNS"
@@ -100,11 +97,37 @@ def code_fingerprint() -> str:
 
     Computed once per process, from the files as they were when first asked: a long run that
     outlives an edit of the package still reports the code it is running."""
+    package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+#: Pairs of code versions proven to give bit-identical results (see the file's header).
+EQUIVALENT_CODE_FILE = Path(__file__).with_name("equivalent_code.txt")
+
+
+def equivalent_code_versions(version: str | None = None) -> frozenset[str]:
+    """Earlier code versions whose results ``version`` (default: this code) reproduces bit for
+    bit, as recorded in :data:`EQUIVALENT_CODE_FILE` (followed transitively): their
+    checkpoints may be resumed by this code. Empty when nothing is recorded."""
+    pairs: list[tuple[str, str]] = []
+    if EQUIVALENT_CODE_FILE.is_file():
+        for line in EQUIVALENT_CODE_FILE.read_text().splitlines():
+            words = line.split("#", 1)[0].split()
+            if len(words) >= 2:
+                pairs.append((words[0], words[1]))
+    found: set[str] = set()
+    frontier = [version or code_fingerprint()]
+    while frontier:
+        newer = frontier.pop()
+        for old, new in pairs:
+            if new == newer and old not in found:
+                found.add(old)
+                frontier.append(old)
+    return frozenset(found)
 
 
 def _git_commit() -> str | None:
@@ -168,90 +191,3 @@ def loud_warning(title: str, *lines: str) -> str:
     text = "\n".join(["!" * width, *(line.ljust(width - 2) + "!!" for line in body), "!" * width])
     print(text, flush=True)
     return text
-
-
-@dataclass
-class NotebookEnv:
-    """What a chapter's setup cell found: profile, device and folders."""
-
-    profile: Profile
-    device: torch.device
-    data_root: Path
-    runs_root: Path
-    colab: bool
-
-
-def notebook_setup(use_drive: bool = False) -> NotebookEnv:
-    """The work of every chapter's setup cell, on Colab and locally.
-
-    On Colab, data and checkpoints go to ``/content/pgd-book`` or, with ``use_drive``, to
-    ``MyDrive/pgd-book`` on Google Drive (mounted here), so that a disconnected runtime resumes
-    where it stopped. Elsewhere ``$PGD_DATA`` and ``$PGD_RUNS`` (or their defaults) apply. Prints
-    the profile, the device found and the folders.
-    """
-    from .plots import use_book_style
-
-    colab = "google.colab" in sys.modules
-    if colab:
-        base = Path("/content/pgd-book")
-        if use_drive:
-            from google.colab import drive  # type: ignore[import-not-found]
-
-            drive.mount("/content/drive")
-            base = Path("/content/drive/MyDrive/pgd-book")
-        os.environ.setdefault(DATA_ENV, str(base / "data"))
-        os.environ.setdefault(RUNS_ENV, str(base / "runs"))
-    profile = get_profile()
-    device = resolve_device("auto")
-    if device.type == "cuda":
-        found = f"GPU found: {torch.cuda.get_device_name(device.index or 0)}"
-    elif colab:
-        found = "no GPU: Runtime > Change runtime type > GPU makes the full profile much faster"
-    else:
-        found = f"no GPU: running on the CPU ({torch.get_num_threads()} threads)"
-    env = NotebookEnv(profile, device, data_root(), runs_root(), colab)
-    use_book_style()
-    import pandas as pd
-
-    pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
-    print(f"{'Colab' if colab else 'local'} run; {found}")
-    seeds = ", ".join(map(str, profile.seeds))
-    print(f"profile {profile.name!r}: {profile.epochs} epochs per training stage; seeds {seeds}")
-    print(f"data in {env.data_root}; checkpoints in {env.runs_root}")
-    return env
-
-
-def provenance_table(profile: Profile, device: torch.device, data_description: str) -> pd.DataFrame:
-    """The provenance cell's table: profile, device, data source, versions, code version."""
-    import pandas as pd
-
-    rows = {
-        "profile": f"{profile.name} ({profile.epochs} epochs per stage)",
-        "data": data_description,
-    }
-    rows.update(provenance(device))
-    return pd.DataFrame({"value": rows}).rename_axis("provenance")
-
-
-BENCHMARK_URL = "https://raw.githubusercontent.com/pgd-book/pgd-book/main/benchmarks/results/"
-
-
-def benchmark_results(name: str = "per_sample_norms_cpu.csv") -> pd.DataFrame:
-    """A results table written by ``benchmarks/`` (``make bench``): from this checkout when the
-    package is installed from it, else (on Colab) from the repository on GitHub.
-
-    Raises:
-        FileNotFoundError: not in this checkout and not downloadable; says how to make it.
-    """
-    import pandas as pd
-
-    local = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name
-    if local.is_file():
-        return pd.read_csv(local)
-    try:
-        return pd.read_csv(BENCHMARK_URL + name)
-    except Exception as error:  # no network, or not published
-        raise FileNotFoundError(
-            f"benchmark results {name} are neither at {local} nor at {BENCHMARK_URL}: run "
-            "`make bench` (or python benchmarks/per_sample_norms.py) in a clone of the repository"
-        ) from error

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..core.params import lookup
+
 
 class MLP(nn.Module):
     """The MLP of LfF and DFA for Colored MNIST: three hidden layers of 100 units with ReLU.
@@ -108,9 +110,8 @@ def build_model(name: str, num_classes: int = 10, pretrained: bool = False) -> n
     Raises:
         ValueError: unknown model name, or ``pretrained`` for a model that has no such weights.
     """
+    lookup(MODELS, name, "model")
     key = name.strip().lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if key == "resnet18":
         return resnet18(num_classes=num_classes, pretrained=pretrained)
     if pretrained:

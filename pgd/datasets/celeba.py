@@ -30,24 +30,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _compat
-from .data import DataUnavailableError
+from ..core import compat
+from ..core.params import Param
+from ..core.runtime import data_root
+from .archives import DownloadError, diagnose_download, safe_extract
+from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .images import (
+    IMAGE_SIZE_OPTION,
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
-    DownloadError,
+    STAND_IN_OPTION,
     ImageFileDataset,
     ImageSplits,
-    diagnose_download,
+    image_name_parts,
     image_transforms,
-    is_stand_in,
-    render_stand_in,
-    safe_extract,
+    loader_workers,
     shuffled,
-    stand_in_folder,
-    stand_in_groups,
 )
-from .runtime import data_root
+from .standins import is_stand_in, render_stand_in, stand_in_folder, stand_in_groups
 
 DEFAULT_TARGET = "Blond_Hair"
 DEFAULT_BIAS = "Male"
@@ -154,7 +154,7 @@ def verify_official_files(folder: str | os.PathLike) -> list[str]:
         first = file.readline().strip()
     if first != str(OFFICIAL_COUNTS["all"]):
         return []
-    datasets = _compat.import_torchvision().datasets
+    datasets = compat.import_torchvision().datasets
     differ = []
     for _file_id, md5, name in datasets.CelebA.file_list:
         path = folder / name
@@ -190,7 +190,7 @@ def download_celeba(root: str | os.PathLike | None = None) -> Path:
             saved instead of the zip, a truncated zip, no connection) and what to do next.
     """
     root = data_root(root)
-    datasets = _compat.import_torchvision().datasets
+    datasets = compat.import_torchvision().datasets
     try:
         datasets.CelebA(str(root), split="all", target_type="attr", download=True)
     except Exception as error:  # torchvision raises RuntimeError, OSError, BadZipFile, URLError
@@ -253,7 +253,8 @@ def load_celeba(
     workers: int = 0,
     order_seed: int = 0,
 ) -> ImageSplits:
-    """CelebA's official partition as :class:`~pgd.images.ImageSplits` of (image, target, bias).
+    """CelebA's official partition as :class:`~pgd.datasets.images.ImageSplits` of (image,
+    target, bias).
 
     The bias label is oriented so that a sample is bias-aligned when its bias label equals its
     target label: if the two attributes are negatively correlated in the training split (blond
@@ -405,7 +406,7 @@ def write_celeba_stand_in(
 
     178 x 218 JPEG images named ``000001.jpg`` ..., ``list_attr_celeba.txt`` with all 40
     attributes (``target`` drawn as a shape, ``bias`` as the background colour, see
-    :func:`pgd.images.render_stand_in`; the other 38 random and not drawn) and
+    :func:`pgd.datasets.standins.render_stand_in`; the other 38 random and not drawn) and
     ``list_eval_partition.txt``. A marker file says it is a stand-in; a folder already written
     with the same settings is reused.
     """
@@ -442,3 +443,43 @@ def write_celeba_stand_in(
         (out / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
 
     return stand_in_folder(folder, settings, write)
+
+
+def build(request: DataRequest) -> ImageSplits:
+    """The registry's builder: CelebA's official partition (or its stand-in) with the request's
+    target and bias attributes. The order of every split is fixed (seed 0), whatever the
+    request's seed."""
+    options = request.options
+    return load_celeba(
+        request.root,
+        target=options["target_attr"],
+        bias=options["bias_attr"],
+        image_size=options["image_size"],
+        stand_in=options["stand_in"],
+        download=request.download,
+        workers=loader_workers(request),
+    )
+
+
+SPEC = DatasetSpec(
+    name="celeba",
+    label="CelebA",
+    title="CelebA (target and bias: any two of its 40 attributes; Blond_Hair / Male)",
+    build=build,
+    sources=(
+        "files in the official or Kaggle layout under the data root",
+        "torchvision's Google Drive download (--download)",
+    ),
+    stand_in=True,
+    default_model="resnet18",
+    default_ratio=None,
+    options=(
+        STAND_IN_OPTION,
+        Param("target_attr", DEFAULT_TARGET, "CelebA target attribute"),
+        Param("bias_attr", DEFAULT_BIAS, "CelebA bias attribute"),
+        IMAGE_SIZE_OPTION,
+    ),
+    name_parts=lambda ratio, options, source: image_name_parts(
+        "celeba", f"{options['target_attr']}-{options['bias_attr']}", options
+    ),
+)

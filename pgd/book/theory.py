@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data import batch_loader
-from .models import last_linear
+from ..datasets.base import batch_loader
+from ..models import last_linear
 
 DTYPE = torch.float64
 

@@ -13,7 +13,7 @@ obtains the same numbers with one backward pass per sample; :func:`per_sample_gr
 is the plain torch.func computation the closed form is tested against.
 
 Scores over every parameter of the network (``layers="all"`` in :func:`grad_norm_scores`) come
-from :mod:`pgd.grad_norms`: exact too, at the price of one backward pass per batch.
+from :mod:`pgd.gradients.grad_norms`: exact too, at the price of one backward pass per batch.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
-from .data import batch_loader
-from .models import last_linear
+from ..datasets.base import batch_loader
+from ..models import last_linear
+from .grad_norms import grad_norms
 
 
 def _check_p(p: float) -> float:
@@ -146,8 +147,8 @@ def grad_norm_scores(
             batches.
         layers: ``last``: the last linear layer's weight, in closed form (the official code's
             choice; no backward pass); ``all``: every parameter of the network, exactly, with
-            :func:`pgd.grad_norms.grad_norms` (one forward and one backward pass per batch;
-            Euclidean norm only, biases included).
+            :func:`pgd.gradients.grad_norms.grad_norms` (one forward and one backward pass per
+            batch; Euclidean norm only, biases included).
         p, include_bias: norm order and bias of the last-layer score (see
             :func:`closed_form_grad_norms`).
         batch_size: batch size when ``data`` is a dataset.
@@ -156,8 +157,6 @@ def grad_norm_scores(
     Returns:
         ``(N,)`` float32 CPU tensor; entry ``i`` belongs to the sample with index ``i``.
     """
-    from .grad_norms import grad_norms
-
     layers, p = check_score_options(layers, p, include_bias)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = batch_loader(data, batch_size) if isinstance(data, Dataset) else data

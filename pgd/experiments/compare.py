@@ -1,9 +1,9 @@
 """PGD and its baselines side by side: a grid of runs over datasets, ratios, methods and seeds.
 
 :func:`run_grid` runs every cell (one dataset, ratio, method and seed) with
-:func:`pgd.pipeline.run`, writes each finished cell to ``<out>/cells/<run name>.json`` at once
-(atomically), and rewrites the tidy table ``<out>/results.csv`` after every cell: one row per
-dataset / ratio / method / seed with every metric and the wall time. Run it again after an
+:func:`pgd.experiments.pipeline.run`, writes each finished cell to ``<out>/cells/<run name>.json``
+at once (atomically), and rewrites the tidy table ``<out>/results.csv`` after every cell: one
+row per dataset / ratio / method / seed with every metric and the wall time. Run it again after an
 interruption and finished cells are read back, not recomputed; an unfinished cell resumes from
 its last epoch checkpoint.
 
@@ -28,32 +28,46 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .pipeline import DATASETS, ExperimentConfig, run
-from .profiles import get_profile
-from .runtime import code_fingerprint
-from .storage import atomic_write_text
+from ..core.profiles import get_profile
+from ..core.runtime import code_fingerprint
+from ..core.runtime import data_root as resolve_data_root
+from ..core.storage import atomic_write_text
+from ..datasets.base import check_ratio
+from ..datasets.cmnist import load_digits
+from ..datasets.registry import get_dataset
+from ..methods.registry import METHODS
+from .config import ExperimentConfig
+from .pipeline import run
 
-#: Method names of the grid: the pipeline's methods, with PGD's two score variants.
-GRID_METHODS: dict[str, dict[str, Any]] = {
-    "vanilla": {"method": "vanilla"},
-    "lff": {"method": "lff"},
-    "jtt": {"method": "jtt"},
-    "pgd": {"method": "pgd", "score_layers": "last"},
-    "pgd_all": {"method": "pgd", "score_layers": "all"},
-    "upsample": {"method": "upsample"},
-    "groupdro": {"method": "groupdro"},
+#: Grid entries beyond one per registered method: PGD with its two scores.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "pgd": {
+        "pgd": {"score_layers": "last", "label": "PGD (last layer)"},
+        "pgd_all": {"score_layers": "all", "label": "PGD (all layers)"},
+    },
 }
 
-#: How each method is called in tables and figures; oracles say so.
-LABELS = {
-    "vanilla": "Vanilla (ERM)",
-    "lff": "LfF",
-    "jtt": "JTT",
-    "pgd": "PGD (last layer)",
-    "pgd_all": "PGD (all layers)",
-    "upsample": "Upsampling (oracle)",
-    "groupdro": "GroupDRO (oracle)",
-}
+
+def _grid_entries() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every registered method in the grid's order (methods that read no bias labels, PGD, the
+    oracles), each PGD variant its own entry: ``(name -> config fields, name -> label)``."""
+    specs = list(METHODS.values())
+    ordered = [m for m in specs if not m.oracle and m.name not in VARIANTS]
+    ordered += [m for m in specs if not m.oracle and m.name in VARIANTS]
+    ordered += [m for m in specs if m.oracle]
+    fields: dict[str, dict[str, Any]] = {}
+    labels: dict[str, str] = {}
+    for spec in ordered:
+        for name, variant in VARIANTS.get(spec.name, {spec.name: {"label": spec.label}}).items():
+            settings = {k: v for k, v in variant.items() if k != "label"}
+            fields[name] = {"method": spec.name, **settings}
+            labels[name] = variant["label"]
+    return fields, labels
+
+
+#: Method names of the grid (-> their configuration fields) and how tables and figures call
+#: them (oracles say so).
+GRID_METHODS, LABELS = _grid_entries()
 
 #: Candidates tried on the validation split (ExperimentConfig field -> values). JTT's
 #: identification epochs T = 1 follow its CelebA setting; lambda and eta are searched.
@@ -84,8 +98,6 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
 
 def parse_ratios(text: str | Iterable[float] | None) -> list[float | None]:
     """Comma-separated bias-conflicting ratios, each in (0, 1)."""
-    from .data import check_ratio
-
     if text is None:
         return [None]
     values = text.split(",") if isinstance(text, str) else list(text)
@@ -242,7 +254,7 @@ def run_grid(
         profile: ``smoke``, ``quick`` or ``full`` (default ``$PGD_PROFILE``, else quick).
         out: results folder; also holds every cell's checkpoints (``runs/``) and record
             (``cells/``).
-        digits, stand_in, device, epochs: as in :class:`pgd.pipeline.ExperimentConfig`.
+        digits, stand_in, device, epochs: as in :class:`pgd.experiments.config.ExperimentConfig`.
         progress: one progress bar over the cells (None: unless ``$PGD_PROGRESS`` is 0).
         tune: search the hyper-parameters of :data:`TUNING` on the validation split (False:
             each method's defaults).
@@ -250,11 +262,10 @@ def run_grid(
     Returns:
         A :class:`GridResult`.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "celeba":
+    spec = get_dataset(dataset)
+    if spec.default_ratio is None:
         if ratios not in (None, [None]):
-            raise ValueError("CelebA has no bias-conflicting ratio: leave --ratios out")
+            raise ValueError(f"{spec.label} has no bias-conflicting ratio: leave --ratios out")
         ratio_list: list[float | None] = [None]
     else:
         ratio_list = parse_ratios(ratios) if ratios is not None else [None]
@@ -267,12 +278,9 @@ def run_grid(
     cells_dir, runs_dir = folder / "cells", folder / "runs"
     base: dict[str, Any] = {"profile": profile_name, "device": device, "epochs": epochs}
     if dataset == "cmnist":
-        from .data import data_root as default_root
-        from .data import load_digits
-
         # Resolve "auto" once, so that a cell's name says which digits it was trained on.
-        base["digits"] = load_digits(digits, default_root(data_root)).source
-    else:
+        base["digits"] = load_digits(digits, resolve_data_root(data_root)).source
+    elif spec.stand_in:
         base["stand_in"] = stand_in
 
     # Every cell of the grid; tuned methods get their candidates at the first seed.

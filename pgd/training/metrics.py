@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data import batch_loader
+from ..datasets.base import batch_loader
 
 
 @dataclass

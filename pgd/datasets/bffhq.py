@@ -27,21 +27,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataUnavailableError
+from ..core.runtime import data_root
+from .archives import safe_extract
+from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .images import (
+    IMAGE_SIZE_OPTION,
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
+    STAND_IN_OPTION,
     ImageFileDataset,
     ImageSplits,
+    image_name_parts,
     image_transforms,
-    is_stand_in,
-    render_stand_in,
-    safe_extract,
+    loader_workers,
     shuffled,
-    stand_in_folder,
-    stand_in_groups,
 )
-from .runtime import data_root
+from .standins import is_stand_in, render_stand_in, stand_in_folder, stand_in_groups
 
 ARCHIVES = ("bffhq.zip", "bffhq.tar", "bffhq.tar.gz", "bffhq.tgz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -184,7 +185,7 @@ def load_bffhq(
     workers: int = 0,
     order_seed: int = 0,
 ) -> ImageSplits:
-    """BFFHQ as :class:`~pgd.images.ImageSplits`: train = align + conflict of the ``ratio``
+    """BFFHQ as :class:`~pgd.datasets.images.ImageSplits`: train = align + conflict of the ``ratio``
     folder (``0.5pct``), valid, test; target age, bias gender (both 0/1, as in the file names).
 
     Args:
@@ -281,8 +282,8 @@ def write_bffhq_stand_in(
     """Write (once) a synthetic stand-in for BFFHQ in its distributed layout: ``size`` x
     ``size`` PNG files named ``<id>_<target>_<bias>.png`` in ``0.5pct/{align,conflict}/<t>/``,
     ``valid/`` and ``test/``; the target is drawn as a shape, the bias as the background colour
-    (:func:`pgd.images.render_stand_in`). A marker file says it is a stand-in; a folder already
-    written with the same settings is reused."""
+    (:func:`pgd.datasets.standins.render_stand_in`). A marker file says it is a stand-in; a
+    folder already written with the same settings is reused."""
     folder = Path(folder)
     counts = counts or STAND_IN_COUNTS
     settings = {
@@ -307,3 +308,30 @@ def write_bffhq_stand_in(
                 render_stand_in(t, b, size, size, rng).save(where / f"{number:05d}_{t}_{b}.png")
 
     return stand_in_folder(folder, settings, write)
+
+
+def build(request: DataRequest) -> ImageSplits:
+    """The registry's builder: BFFHQ's folder for ``request.ratio`` (or its stand-in). The order
+    of every split is fixed (seed 0), whatever the request's seed."""
+    options = request.options
+    return load_bffhq(
+        request.root,
+        ratio=request.ratio,
+        image_size=options["image_size"],
+        stand_in=options["stand_in"],
+        workers=loader_workers(request),
+    )
+
+
+SPEC = DatasetSpec(
+    name="bffhq",
+    label="BFFHQ",
+    title="BFFHQ (target age, bias gender; DFA's release)",
+    build=build,
+    sources=("DFA's bffhq folder or archive under the data root (downloaded by hand)",),
+    stand_in=True,
+    default_model="resnet18",
+    default_ratio=0.005,
+    options=(STAND_IN_OPTION, IMAGE_SIZE_OPTION),
+    name_parts=lambda ratio, options, source: image_name_parts("bffhq", f"ratio{ratio:g}", options),
+)

@@ -34,7 +34,7 @@ parameter must be used only inside its own module's forward (tied weights, or we
 directly by a parent module, are refused where they can be detected).
 
 The plain reference these formulas are tested against is
-:func:`pgd.scores.per_sample_grad_norms` (``vmap(grad(...))`` over the whole model).
+:func:`pgd.gradients.scores.per_sample_grad_norms` (``vmap(grad(...))`` over the whole model).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def select_modules(
                 raise ValueError(
                     f"a parameter is shared by modules {owner[id(param)]!r} and {name!r} (tied "
                     "weights); their per-sample gradients would have to be added before the norm, "
-                    "which this method does not do. Use pgd.scores.per_sample_grad_norms."
+                    "which this method does not do. Use pgd.gradients.scores.per_sample_grad_norms."
                 )
             owner[id(param)] = name
     return list(chosen.values())
@@ -281,7 +281,7 @@ def _one_pass(
                 f"the parameters of module {w.name!r} ({type(w.module).__name__}) receive a "
                 "gradient but the module itself is never called (its parent uses the weights "
                 "directly, as nn.MultiheadAttention does with out_proj): select the parent module "
-                "instead, or use pgd.scores.per_sample_grad_norms"
+                "instead, or use pgd.gradients.scores.per_sample_grad_norms"
             )
         if exhaustive or not w.calls:
             w.pending = 0
@@ -302,8 +302,8 @@ def _recorder(watched: _Watched, batch: int) -> Callable:
             raise ValueError(
                 f"module {watched.name!r} ({type(module).__name__}) received input of shape {got} "
                 f"for a batch of {batch}: per-sample norms need the batch as the first dimension "
-                "of every scored module's input and output (use pgd.scores.per_sample_grad_norms "
-                "for such models)"
+                "of every scored module's input and output (use "
+                "pgd.gradients.scores.per_sample_grad_norms for such models)"
             )
         edge = get_gradient_edge(output) if output.requires_grad else None
         root = not any(isinstance(a, Tensor) and a.requires_grad for a in args)

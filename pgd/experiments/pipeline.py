@@ -1,0 +1,293 @@
+"""One experiment end to end: load the configured dataset from its registry entry, hand a
+:class:`~pgd.methods.base.Trainer` to the configured method's runner, evaluate the model it
+returns, and report (:class:`ExperimentResult`: metrics, per-group accuracies, histories, the
+sampling mass on bias-conflicting samples, provenance).
+
+Every stage writes a checkpoint after every epoch, identified by the configuration, the data and
+the code version (:func:`stage_fingerprints`), so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import Tensor, nn
+
+from ..core.runtime import (
+    code_fingerprint,
+    equivalent_code_versions,
+    provenance,
+    resolve_device,
+    runs_root,
+)
+from ..core.storage import tensor_checksum
+from ..datasets.base import DataRequest, Splits
+from ..datasets.images import ImageSplits
+from ..datasets.registry import build_dataset
+from ..methods.base import Trainer
+from ..methods.sampling import probability_mass, sampling_probabilities
+from ..training.metrics import group_accuracy_table, predict, summarize
+from ..training.schedules import stage_config
+from .config import ExperimentConfig
+
+__all__ = ["ExperimentConfig", "ExperimentResult", "load_data", "run", "trainer"]
+
+
+def load_data(
+    config: ExperimentConfig,
+    root: str | os.PathLike | None = None,
+    *,
+    workers: int | None = None,
+    download: bool = False,
+) -> Splits:
+    """The dataset of ``config`` (built by its registry entry), cut to the profile's size limits.
+
+    Args:
+        root: data root (default ``$PGD_DATA`` or ``~/.cache/pgd``).
+        workers: DataLoader worker processes for image files (default:
+            :func:`pgd.datasets.images.default_workers` for the configured device).
+        download: fetch the data if it is not there, where the dataset can (CelebA through
+            torchvision).
+    """
+    profile = config.profile_spec
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    request = DataRequest(
+        ratio=config.ratio,
+        seed=config.data_seed,
+        options=config.options,
+        root=root,
+        device=resolve_device(config.device),
+        workers=workers,
+        download=download,
+    )
+    data = build_dataset(config.dataset, request)
+    return data.limit(profile.max_train, profile.max_eval)
+
+
+def _fingerprint(config: ExperimentConfig, data: Splits, stage: str, code: str) -> str:
+    ident = {
+        "config": config.record(),
+        "stage": stage,
+        "data": [data.source, tensor_checksum({"b": data.train.bias_labels})[:16], len(data.train)],
+        "code": code,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_fingerprints(config: ExperimentConfig, data: Splits, stage: str) -> list[str]:
+    """Identities of a stage's checkpoint: configuration, stage, data and this code version,
+    then the same under every earlier code version proven to give identical results
+    (:func:`pgd.core.runtime.equivalent_code_versions`)."""
+    versions = [code_fingerprint(), *sorted(equivalent_code_versions())]
+    return [_fingerprint(config, data, stage, version) for version in versions]
+
+
+def trainer(
+    config: ExperimentConfig,
+    data: Splits,
+    *,
+    folder: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> Trainer:
+    """What ``config``'s method trains with on ``data``: its settings, the network, seed,
+    device and epochs, checkpoints in ``folder`` (None: none), resumed if ``resume``.
+
+    The chapters use it to run a method's steps one at a time, e.g.
+    ``pgd.methods.pgd.train_biased(trainer(config, data, folder=...))``.
+    """
+    return Trainer(
+        data=data,
+        model=config.model,
+        seed=config.seed,
+        epochs=config.profile_spec.epochs,
+        params=config.params,
+        device=resolve_device(config.device),
+        pretrained=config.pretrained,
+        folder=Path(folder) if folder is not None else None,
+        resume=resume,
+        progress=progress,
+        fingerprints=lambda stage: stage_fingerprints(config, data, stage),
+        score_batch_size=config.dataset_spec.score_batch_size,
+    )
+
+
+@dataclass
+class ExperimentResult:
+    """The outcome of :func:`run`.
+
+    Attributes:
+        config: the run's configuration.
+        data: how the data was made (source, description, ratio, seed, split sizes).
+        metrics: ``{"test": {...}, "valid": {...}}`` from :func:`pgd.training.metrics.summarize`.
+        test_groups: per-(label, bias) accuracy table on the test split.
+        histories: one training history per stage.
+        scores: PGD's ``(N,)`` training scores (None for the other methods).
+        conflicting_mass: total sampling probability on bias-conflicting samples, for methods
+            that resample (PGD, JTT, upsampling); None for the others.
+        extras: method-specific diagnostics (JTT: error-set size and its conflicting share).
+        model: the final model (selected weights).
+        provenance: device, versions, code version.
+        seconds: wall time.
+        checkpoint_dir: where the stages' checkpoints are (None: none were written).
+    """
+
+    config: ExperimentConfig
+    data: dict[str, Any]
+    metrics: dict[str, dict[str, float]]
+    test_groups: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    model: nn.Module
+    provenance: dict[str, str]
+    seconds: float
+    scores: Tensor | None = None
+    conflicting_mass: float | None = None
+    checkpoint_dir: Path | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: configuration, data, seeds, device, metrics, timings."""
+        out: dict[str, Any] = {
+            "config": self.config.record(),
+            "data": self.data,
+            "seeds": {"training": self.config.seed, "data": self.config.data_seed},
+            "device": self.provenance.get("device"),
+            "metrics": self.metrics,
+            "test_groups": [
+                {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                for row in self.test_groups.to_dict(orient="records")
+            ],
+            "best_epochs": {
+                k: int(v.attrs.get("best_epoch", -1)) for k, v in self.histories.items()
+            },
+            "seconds": round(self.seconds, 2),
+            "provenance": self.provenance,
+            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
+        }
+        if self.extras:
+            out["extras"] = self.extras
+        if self.scores is not None:
+            out["pgd"] = {
+                "conflicting_probability_mass": self.conflicting_mass,
+                "conflicting_share_of_samples": self.data["train_conflicting_share"],
+            }
+        return out
+
+    def row(self) -> dict[str, Any]:
+        """One flat row for a tidy results table: the run's settings and test metrics (in %)."""
+        test = self.metrics["test"]
+        return {
+            "method": self.config.method,
+            "ratio": self.config.ratio,
+            "seed": self.config.seed,
+            "model": self.config.model,
+            "digits": self.data["source"],
+            "accuracy": 100 * test["accuracy"],
+            "aligned_accuracy": 100 * test["aligned_accuracy"],
+            "conflicting_accuracy": 100 * test["conflicting_accuracy"],
+            "worst_group_accuracy": 100 * test["worst_group_accuracy"],
+            "valid_accuracy": 100 * self.metrics["valid"]["accuracy"],
+            "conflicting_mass": self.conflicting_mass,
+            "seconds": self.seconds,
+        }
+
+    def table(self) -> pd.DataFrame:
+        """Accuracies in percent, one row per split."""
+        keys = ["accuracy", "aligned_accuracy", "conflicting_accuracy", "worst_group_accuracy"]
+        frame = pd.DataFrame({split: self.metrics[split] for split in self.metrics}).T
+        return (frame[keys] * 100).round(2)
+
+
+def run(
+    config: ExperimentConfig,
+    *,
+    data_root: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = "auto",
+    resume: bool = False,
+    progress: bool | None = None,
+    workers: int | None = None,
+    download: bool = False,
+    data: Splits | None = None,
+) -> ExperimentResult:
+    """Run one experiment end to end.
+
+    Args:
+        config: what to run.
+        data_root: dataset folder (default ``$PGD_DATA`` or ``~/.cache/pgd``).
+        checkpoint_dir: where stage checkpoints go: ``auto`` (``$PGD_RUNS/<run name>``, default
+            ``./runs/<run name>``), a folder, or None for no checkpoints.
+        resume: continue from existing checkpoints of the same configuration and code.
+        progress: progress bars (see :func:`pgd.training.loop.train`).
+        workers, download: see :func:`load_data`.
+        data: splits to use instead of loading ``config``'s dataset (any object with the
+            attributes of :class:`pgd.datasets.base.Splits`; the tests pass synthetic ones).
+    """
+    began = time.perf_counter()
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_data(config, data_root, workers=workers, download=download)
+    if checkpoint_dir == "auto":
+        folder: Path | None = runs_root() / config.name(data.source)
+    else:
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    trained = config.method_spec.run(
+        trainer(config, data, folder=folder, resume=resume, progress=progress)
+    )
+    mass = None
+    if trained.sampling_weights is not None:
+        probabilities = sampling_probabilities(trained.sampling_weights)
+        mass = probability_mass(probabilities, data.train.is_conflicting)
+    amp = stage_config(config.model, "vanilla", 1).amp
+    predictions = {
+        split: predict(trained.model, getattr(data, split), device=device, amp=amp)
+        for split in ("test", "valid")
+    }
+    metrics = {split: summarize(p) for split, p in predictions.items()}
+    test_groups = group_accuracy_table(predictions["test"])
+    train_conflicting = int(data.train.is_conflicting.sum())
+    data_info = {
+        "dataset": config.dataset,
+        "source": data.source,
+        "description": data.description,
+        "full_dataset": data.source in ("torchvision", "real"),
+        "stand_in": data.source == "stand-in",
+        "ratio": data.ratio,
+        "seed": data.seed,
+        "train_samples": len(data.train),
+        "valid_samples": len(data.valid),
+        "test_samples": len(data.test),
+        "train_conflicting": train_conflicting,
+        "train_conflicting_share": train_conflicting / len(data.train),
+    }
+    if isinstance(data, ImageSplits):
+        data_info.update(
+            target=data.target,
+            bias=data.bias,
+            class_names=list(data.class_names),
+            bias_names=list(data.bias_names),
+            image_size=data.image_size,
+            folder=str(data.folder),
+            pretrained=config.pretrained,
+        )
+    return ExperimentResult(
+        config=config,
+        data=data_info,
+        metrics=metrics,
+        test_groups=test_groups,
+        histories=trained.histories,
+        model=trained.model,
+        provenance=provenance(device),
+        seconds=time.perf_counter() - began,
+        scores=trained.scores,
+        conflicting_mass=mass,
+        checkpoint_dir=folder,
+        extras=trained.extras,
+    )

@@ -1,0 +1,185 @@
+"""What every method is: a runner that trains with a :class:`Trainer` and returns a
+:class:`MethodOutcome`, described by a :class:`MethodSpec` (its settings, whether it reads bias
+labels) that :mod:`pgd.methods.registry` lists.
+
+The :class:`Trainer` is the one interface between a method and the experiment around it: the
+data, which network to build and how to seed it, the method's own checked settings, and one
+:meth:`Trainer.train_stage` that trains a stage with the model's schedule, its checkpoint file
+and resume. A method never reads the experiment's configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from ..core.params import Param
+from ..core.runtime import seed_everything
+from ..datasets.base import Splits
+from ..models import build_model
+from ..training.loop import Objective, TrainResult, train
+from ..training.schedules import stage_config
+from .sampling import importance_sampler
+
+
+def _no_fingerprints(stage: str) -> Sequence[str]:
+    return ("",)
+
+
+@dataclass
+class Trainer:
+    """Everything a method trains with.
+
+    Attributes:
+        data: the splits.
+        model: network name (:data:`pgd.models.MODELS`).
+        seed: seeds weight initialisation, batch order and dropout.
+        epochs: epochs of every training stage (a stage may ask for fewer).
+        params: the method's own settings, checked (its :class:`MethodSpec` ``params``).
+        device: where to train.
+        pretrained: networks start from pretrained weights (ResNet-18: ImageNet).
+        folder: where stage checkpoints ``<stage>.pt`` go (None: none are written).
+        resume: continue stages from their checkpoints.
+        progress: progress bars (see :func:`pgd.training.loop.train`).
+        fingerprints: ``stage -> [fingerprint, *equivalent ones]`` identifying each stage's
+            checkpoint (configuration, data, code; see :func:`pgd.training.loop.train`).
+        score_batch_size: batch size of per-sample gradient passes over the training set.
+    """
+
+    data: Splits
+    model: str
+    seed: int
+    epochs: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    pretrained: bool = False
+    folder: Path | None = None
+    resume: bool = False
+    progress: bool | None = None
+    fingerprints: Callable[[str], Sequence[str]] = _no_fingerprints
+    score_batch_size: int = 512
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.train.num_classes
+
+    def fresh_model(self) -> nn.Module:
+        """A newly initialised network, after seeding every generator with the run's seed."""
+        seed_everything(self.seed)
+        return build_model(self.model, num_classes=self.num_classes, pretrained=self.pretrained)
+
+    def generator(self) -> torch.Generator:
+        """A random generator seeded with the run's seed (for samplers)."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def train_stage(
+        self,
+        stage: str,
+        model: nn.Module,
+        *,
+        desc: str,
+        sampler: Sampler | None = None,
+        objective: Objective | None = None,
+        epochs: int | None = None,
+        kind: str | None = None,
+    ) -> TrainResult:
+        """Train ``model`` as stage ``stage`` with its checkpoint ``<stage>.pt``; ``kind``
+        (default: ``stage``) picks the schedule of :func:`pgd.training.schedules.stage_config`;
+        ``epochs`` (default: the trainer's) the stage's length."""
+        current, *equivalent = self.fingerprints(stage)
+        return train(
+            model,
+            self.data.train,
+            self.data.valid,
+            stage_config(self.model, kind or stage, epochs or self.epochs),
+            seed=self.seed,
+            sampler=sampler,
+            device=self.device,
+            checkpoint=self.folder / f"{stage}.pt" if self.folder is not None else None,
+            resume=self.resume,
+            fingerprint=current,
+            equivalent=equivalent,
+            desc=desc,
+            progress=self.progress,
+            objective=objective,
+        )
+
+    def train_resampled(self, stage: str, weights: Tensor, *, desc: str) -> TrainResult:
+        """ERM from scratch on batches drawn with probability proportional to ``weights``."""
+        return self.train_stage(
+            stage,
+            self.fresh_model(),
+            desc=desc,
+            sampler=importance_sampler(weights, generator=self.generator()),
+            kind="vanilla",
+        )
+
+
+@dataclass
+class MethodOutcome:
+    """What a method's runner returns.
+
+    Attributes:
+        model: the final model (selected weights).
+        histories: one training history per stage (stage name -> table, last stage last).
+        sampling_weights: ``(N,)`` weights its final stage drew training batches in proportion
+            to (None: uniform batches).
+        scores: PGD's ``(N,)`` per-sample gradient norms (None for the other methods).
+        extras: method-specific diagnostics (JTT: its error set).
+    """
+
+    model: nn.Module
+    histories: dict[str, pd.DataFrame]
+    sampling_weights: Tensor | None = None
+    scores: Tensor | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        name: the registry key (``--method NAME``).
+        label: how tables and figures call it.
+        run: ``run(trainer) -> MethodOutcome``.
+        reads_bias_labels: it reads the training set's bias labels: an *oracle*, not a
+            competitor of methods that never see them.
+        changes: what it changes compared with ERM, in a few words.
+        source: the paper it follows.
+        params: its own settings (validated by :meth:`check`).
+        check_params: validates the settings together, after each was checked alone.
+        name_parts: its part of a run's name (default: ``<tag><value>`` for every tagged
+            setting).
+    """
+
+    name: str
+    label: str
+    run: Callable[[Trainer], MethodOutcome]
+    reads_bias_labels: bool
+    changes: str
+    source: str
+    params: tuple[Param, ...] = ()
+    check_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    name_parts: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    @property
+    def oracle(self) -> bool:
+        return self.reads_bias_labels
+
+    def hparams(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Its tagged hyper-parameters, ``{tag: value}`` (e.g. JTT's ``T`` and ``lambda``)."""
+        return {p.tag: params[p.name] for p in self.params if p.tag}
+
+    def run_name_parts(self, params: Mapping[str, Any]) -> list[str]:
+        """Its part of a run's name."""
+        if self.name_parts is not None:
+            return self.name_parts(params)
+        return [f"{tag}{value:g}" for tag, value in self.hparams(params).items()]

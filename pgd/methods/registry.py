@@ -1,0 +1,48 @@
+"""The registered methods: name -> :class:`~pgd.methods.base.MethodSpec`.
+
+Every method module defines one ``SPEC`` (its runner, settings, and whether it reads bias
+labels); adding a method is writing such a module and listing it here.
+
+========== ================================================================ ===================
+method     what it changes                                                  bias labels
+========== ================================================================ ===================
+vanilla    nothing (ERM, uniform batches)                                   no
+pgd        batches drawn in proportion to the biased model's per-sample     no
+           gradient norms (Ahn et al. 2023)
+lff        a GCE model learns the bias; a second model's loss is weighted   no
+           by relative difficulty (Nam et al. 2020)
+jtt        ERM for T epochs, then its error set drawn lambda times as often no
+           (Liu et al. 2021)
+upsample   batches drawn so that every (label, bias) group is equally       **yes (oracle)**
+           likely
+groupdro   the worst groups' loss up-weighted online (Sagawa et al. 2020)   **yes (oracle)**
+========== ================================================================ ===================
+
+Methods that read bias labels of the training set are *oracles*: they show what knowing the bias
+is worth, and are not competitors of PGD, which never sees those labels. Every method uses the
+same network, optimiser, learning-rate schedule, epochs and model selection (lowest validation
+loss) as PGD's debiased model.
+"""
+
+from __future__ import annotations
+
+from ..core.params import lookup
+from . import groupdro, jtt, lff, pgd, upsample, vanilla
+from .base import MethodSpec
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (vanilla.SPEC, pgd.SPEC, lff.SPEC, jtt.SPEC, upsample.SPEC, groupdro.SPEC)
+}
+
+#: Methods that need the bias labels of the training set.
+ORACLES = tuple(name for name, spec in METHODS.items() if spec.reads_bias_labels)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``.
+
+    Raises:
+        ValueError: no such method (the message lists the registered ones).
+    """
+    return lookup(METHODS, name, "method")

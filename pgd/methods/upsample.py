@@ -1,0 +1,37 @@
+"""Group upsampling: batches drawn so that every (label, bias) group is equally likely. Reads the
+training bias labels: an oracle, showing what knowing the bias is worth."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..datasets.base import group_ids
+from .base import MethodOutcome, MethodSpec, Trainer
+
+
+def group_balanced_weights(labels: Tensor, bias_labels: Tensor, num_bias: int) -> Tensor:
+    """``(N,)`` sampling weights ``1 / |group|``: every present (label, bias) group is drawn
+    equally often (upsampling by group; needs bias labels: an oracle)."""
+    groups = group_ids(labels, bias_labels, num_bias)
+    sizes = torch.bincount(groups)
+    return 1.0 / sizes[groups].double()
+
+
+def run(trainer: Trainer) -> MethodOutcome:
+    train = trainer.data.train
+    weights = group_balanced_weights(
+        train.labels, train.bias_labels, int(train.bias_labels.max()) + 1
+    )
+    result = trainer.train_resampled("upsample", weights, desc="group upsampling (oracle)")
+    return MethodOutcome(result.model, {"upsample": result.history}, sampling_weights=weights)
+
+
+SPEC = MethodSpec(
+    name="upsample",
+    label="Upsampling (oracle)",
+    run=run,
+    reads_bias_labels=True,
+    changes="batches drawn so that every (label, bias) group is equally likely",
+    source="Idrissi et al., CLeaR 2022",
+)

