@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PGD_PROFILE ?= full
 
-.PHONY: setup book test lint unit notebooks book-strict execute bench student clean clean-runs
+.PHONY: setup book test lint unit notebooks book-strict execute bench student clean clean-runs fashion-mnist
 
 setup: $(STAMP)
 
@@ -35,9 +35,20 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest -p no:cacheprovider
 
+# Chapter 8's real data: Fashion-MNIST from Debian's dataset-fashion-mnist where apt can install it
+# (as root); elsewhere the chapter downloads it with torchvision, or says how to get it.
+FASHION := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ ! -d $(FASHION) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist) for chapter 8"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
+		|| echo "could not install dataset-fashion-mnist: chapter 8 will try torchvision's download"; \
+	fi
+
 # Every notebook, top to bottom, in the smoke profile; only cells marked NBVAL_CHECK_OUTPUT are
 # compared with the committed outputs (which come from a real run).
-notebooks: setup
+notebooks: setup fashion-mnist
 	rm -rf _build/smoke-runs
 	PGD_PROFILE=smoke PGD_RUNS=$(CURDIR)/_build/smoke-runs MPLBACKEND=Agg \
 		$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
@@ -50,7 +61,7 @@ test: lint book-strict unit notebooks
 # bars replaced by one summary line per training stage: this is
 # what produces the committed outputs. Checkpoints go to _build/runs-<profile> (kept: an
 # interrupted `make execute` resumes; `make clean-runs` starts over).
-execute: setup
+execute: setup fashion-mnist
 	for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb (profile $(PGD_PROFILE))"; \
 		PGD_PROFILE=$(PGD_PROFILE) PGD_PROGRESS=0 PGD_RUNS=$(CURDIR)/_build/runs-$(PGD_PROFILE) \

@@ -29,9 +29,11 @@ def synthetic_digits(n_train: int = 200, n_test: int = 50, seed: int = 0) -> Dig
     )
 
 
-def write_mnist_raw(folder: Path, n_train: int = 30, n_test: int = 10, compress: bool = False):
-    """Write MNIST's four IDX files, in the layout torchvision reads (<root>/MNIST/raw/)."""
-    raw = folder / "MNIST" / "raw"
+def write_mnist_raw(
+    folder: Path, n_train: int = 30, n_test: int = 10, compress: bool = False, name: str = "MNIST"
+):
+    """Write MNIST's four IDX files, in the layout torchvision reads (<root>/<name>/raw/)."""
+    raw = folder / name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(1)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -114,3 +116,36 @@ def write_bffhq_layout(root: Path, per_group: int = 3, pct: str = "0.5pct") -> P
                 for _ in range(per_group):
                     write(folder / split, t, b)
     return folder
+
+
+def write_folder_layout(
+    root: Path,
+    per_class: int = 50,
+    *,
+    conflicting: int = 5,
+    splits: tuple[str, ...] = ("train", "test"),
+    bias_csv: bool = True,
+    classes: tuple[str, str] = ("disc", "square"),
+    seed: int = 0,
+) -> Path:
+    """An image folder of two classes (a disc or a square on a coloured background, of varied
+    sizes and image modes), ``per_class`` images per class and split, ``conflicting`` of them with
+    the other class's background; ``bias.csv`` names each background (warm / cool)."""
+    from pgd.datasets.standins import render_stand_in
+
+    rng = np.random.default_rng(seed)
+    rows = ["path,bias"]
+    modes = ("RGB", "RGBA", "L", "P")
+    for split in splits:
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                bias = 1 - label if i < conflicting else label
+                side = int(rng.integers(24, 48))
+                image = render_stand_in(label, bias, side, side + 4, rng).convert(modes[i % 4])
+                rel = f"{split}/{name}/{i:03d}.png"
+                image.save(root / rel)
+                rows.append(f"{rel},{('warm', 'cool')[bias]}")
+    if bias_csv:
+        (root / "bias.csv").write_text("\n".join(rows) + "\n")
+    return root

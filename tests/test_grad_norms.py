@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -224,7 +225,7 @@ def test_modules_without_a_closed_form_fall_back_to_torch_func_with_one_warning(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), _Scale(4), nn.Tanh(), _Scale(4), nn.Linear(4, 3))
     x, y = _data((5,), classes=3)
-    gn._WARNED.discard("_Scale")
+    gn._WARNED.clear()
     with pytest.warns(UserWarning, match=r"no closed form for _Scale \(module '[13]'\)"):
         _check(model, x, y)
     with warnings.catch_warnings():
@@ -285,15 +286,126 @@ def test_bad_selections_get_clear_errors():
         grad_norms(model, x, y, conv="fast")
 
 
-def test_tied_weights_are_refused():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
-    model[2].weight = model[0].weight
-    x, y = _data((4,), classes=4)
-    with pytest.raises(ValueError, match="shared by modules '0' and '2'"):
-        grad_norms(model, x, y)
+def _loop64(model, x, y, *, params=None, loss_fn=None):
+    """Reference: a float64 copy of the model, one sample at a time, one backward each."""
+    model = copy.deepcopy(model).double()
+    named = dict(model.named_parameters())
+    chosen = [named[n] for n in (params or [n for n, q in named.items() if q.requires_grad])]
+    x = x.double() if x.is_floating_point() else x
+    loss_fn = loss_fn or (lambda out, t: F.cross_entropy(out, t, reduction="none"))
+    norms = []
+    for b in range(len(x)):
+        loss = loss_fn(model(x[b : b + 1]), y[b : b + 1]).sum()
+        grads = torch.autograd.grad(loss, chosen, allow_unused=True)
+        flat = [g.flatten() for g in grads if g is not None]
+        norms.append(torch.cat(flat).norm() if flat else torch.zeros((), dtype=torch.float64))
+    return torch.stack(norms)
 
 
-def test_weights_used_outside_their_module_are_refused():
+def _exact(model, x, y, *, params=None, rtol=1e-6, **kwargs):
+    """float64: ours equals the per-sample loop to ``rtol`` (relative)."""
+    model = model.double()
+    x64 = x.double() if x.is_floating_point() else x
+    reference = _loop64(model, x64, y, params=params, loss_fn=kwargs.get("loss_fn"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the torch.func fallback says it is used
+        ours = grad_norms(model, x64, y, **kwargs)
+    assert torch.all(reference > 0)
+    torch.testing.assert_close(ours, reference, rtol=rtol, atol=0)
+    return ours
+
+
+class _ScaledLinear(nn.Linear):
+    """A Linear subclass with its own forward (a scaled weight): no closed form applies."""
+
+    def forward(self, x):
+        return F.linear(x, 2.5 * self.weight, self.bias)
+
+
+class _StdConv2d(nn.Conv2d):
+    """timm's StdConv2d: the weight is standardised per output channel in the forward."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_linear_and_conv_subclasses_with_their_own_forward_are_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(_StdConv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), _ScaledLinear(4 * 6 * 6, 5))
+    x, y = _data((3, 8, 8), classes=5)
+    _exact(model, x, y)
+    methods = [row["method"] for row in describe_plan(model, x.double())]
+    assert all(m.startswith("torch.func fallback: a subclass of") for m in methods), methods
+
+
+class _HeadReadByParent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.head(h) + F.linear(h * h, self.head.weight)
+
+
+class _TiedLanguageModel(nn.Module):
+    """GPT-2 style: the output layer is F.linear with the embedding's weight."""
+
+    def __init__(self, vocab=7, width=5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, tokens):
+        h = torch.tanh(self.mix(self.emb(tokens))).mean(1)
+        return F.linear(h, self.emb.weight)
+
+
+def _tokens(batch=5, length=4, vocab=7, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=g), torch.randint(
+        0, vocab, (batch,), generator=g
+    )
+
+
+def test_a_weight_also_read_by_the_parent_is_exact():
+    torch.manual_seed(0)
+    x, y = _data((4,), classes=3)
+    _exact(_HeadReadByParent(), x, y)
+    _exact(_HeadReadByParent(), x, y, params=["head.weight", "head.bias"], modules=["head"])
+    rows = {r["module"]: r["method"] for r in describe_plan(_HeadReadByParent(), x)}
+    assert rows["head"].startswith("outer product")  # its bias: used in its own call only
+    assert "also used outside its own calls" in rows["(the model)"]
+
+
+def test_gpt2_style_tying_is_exact():
+    torch.manual_seed(0)
+    tokens, y = _tokens()
+    _exact(_TiedLanguageModel(), tokens, y)
+
+
+class _Tied(nn.Module):
+    def __init__(self, vocab=7, width=5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("chosen", [None, ["out"], ["emb"], ["emb", "out"]])
+def test_tied_weights_are_exact_whichever_side_is_chosen(chosen):
+    torch.manual_seed(0)
+    tokens, y = _tokens()
+    _exact(_Tied(), tokens, y, modules=chosen, params=["emb.weight"])
+
+
+def test_a_module_that_never_calls_a_child_whose_weight_it_reads_is_exact():
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
@@ -303,9 +415,245 @@ def test_weights_used_outside_their_module_are_refused():
         def forward(self, x):
             return self.head(self.attn(x, x, x)[0].mean(1))
 
+    torch.manual_seed(0)
     x, y = _data((3, 4), classes=2)
-    with pytest.raises(ValueError, match=r"out_proj.*never called"):
-        grad_norms(Attention(), x, y, modules=["attn.out_proj"])
+    params = ["attn.out_proj.weight", "attn.out_proj.bias"]
+    _exact(Attention(), x, y, modules=["attn.out_proj"], params=params)
+
+
+class _Teacher(nn.Module):
+    """A trainable module used only under torch.no_grad() inside forward (frozen in use)."""
+
+    def __init__(self):
+        super().__init__()
+        self.teacher = nn.Linear(4, 4)
+        self.student = nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            hint = self.teacher(x)
+        return self.student(x + hint)
+
+
+def test_a_trainable_module_called_under_no_grad_counts_zero():
+    torch.manual_seed(0)
+    x, y = _data((4,), classes=3)
+    ours = _exact(_Teacher(), x, y)
+    _, parts = grad_norms(_Teacher().double(), x.double(), y, per_module=True)
+    assert torch.equal(parts["teacher"], torch.zeros(len(x), dtype=torch.float64))
+    assert torch.all(ours > 0)
+
+
+class _Temperature(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.temperature = nn.Parameter(torch.tensor(1.7))
+
+    def forward(self, x):
+        return self.body(x) / self.temperature
+
+
+class _LayerScale(nn.Module):
+    """timm's LayerScale with inplace=True: ``x.mul_(gamma)``."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, width))
+
+    def forward(self, x):
+        return x.mul_(self.gamma)
+
+
+def test_a_zero_dim_parameter_and_an_in_place_parameter_use_are_exact():
+    torch.manual_seed(0)
+    x, y = _data((4,), classes=3)
+    _exact(_Temperature(), x, y)
+    scaled = nn.Sequential(nn.Linear(4, 5), _LayerScale(5), nn.Tanh(), nn.Linear(5, 3))
+    _exact(scaled, x, y)
+
+
+def test_the_result_does_not_depend_on_the_callers_autograd_mode():
+    torch.manual_seed(0)
+    model = _randomise_norm_layers(build_model("cnn")).eval()
+    x, y = _data((3, 28, 28))
+    plain = grad_norms(model, x, y)
+    with torch.no_grad():
+        under_no_grad = grad_norms(model, x, y)
+    with torch.inference_mode():
+        xi, yi = x.clone(), y.clone()  # inference tensors, as a scoring loop would make them
+        under_inference = grad_norms(model, xi, yi)
+    assert torch.all(plain > 0)
+    torch.testing.assert_close(under_no_grad, plain, rtol=0, atol=0)
+    torch.testing.assert_close(under_inference, plain, rtol=0, atol=0)
+
+
+class _Encoder(nn.Module):
+    """A batch-first attention block and a Transformer encoder layer, eval mode."""
+
+    def __init__(self, width=8, heads=2, classes=3):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=16, dropout=0.1, batch_first=True
+        )
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(self.layer(h).mean(1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multihead_attention_and_transformer_encoder_layer_are_exact(dtype):
+    torch.manual_seed(0)
+    model = _Encoder().to(dtype).eval()
+    x, y = _data((5, 8), classes=3, dtype=dtype)
+    if dtype == torch.float64:
+        _exact(model, x, y)
+    else:  # float32 against the float64 loop: as close as a float32 loop is
+        reference = _loop64(model, x, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = grad_norms(model, x, y)
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=0)
+    rows = {r["module"]: r["method"] for r in describe_plan(model, x)}
+    assert rows["attn"].startswith("torch.func fallback")
+    assert rows["layer.self_attn"].startswith("torch.func fallback")
+    assert rows["layer.linear1"].startswith(("gram", "materialise"))
+    assert rows["layer.norm1"] == "closed form (normalised input)"
+    assert rows["head"].startswith("outer product")
+
+
+def test_describe_plan_counts_every_call_of_a_linear():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.shared(torch.tanh(self.shared(x)))
+
+    rows = describe_plan(Twice(), torch.zeros(3, 4))
+    assert rows == [
+        {
+            "module": "shared",
+            "type": "Linear",
+            "params": 20,
+            "method": "gram (2 positions, 2 calls)",
+        }
+    ]
+
+
+def test_float32_is_as_accurate_as_a_float32_loop_on_badly_conditioned_inputs():
+    """Twelve positions whose contributions to the first weight's gradient cancel but for a small
+    remainder (alternating inputs +-base + noise, the same output gradient at every position):
+    the Gram form adds terms 10^8 times larger than its result. Ours must stay as close to the
+    float64 truth as a plain float32 per-sample loop, and never be negative or NaN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32, bias=False), nn.Flatten(), nn.Linear(32 * 12, 3))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(3, 32).repeat(1, 12))  # same gradient per position
+    g = torch.Generator().manual_seed(0)
+    signs = torch.tensor([(-1.0) ** t for t in range(12)]).view(1, 12, 1)
+    x = (
+        signs * torch.randn(4, 1, 32, generator=g) * 100
+        + torch.randn(4, 12, 32, generator=g) * 1e-2
+    )
+    y = torch.randint(0, 3, (4,), generator=g)
+    truth = _loop64(model, x, y, params=["0.weight"])
+    loop32 = torch.stack(
+        [
+            torch.autograd.grad(
+                F.cross_entropy(model(x[b : b + 1]), y[b : b + 1]), model[0].weight
+            )[0].norm()
+            for b in range(len(x))
+        ]
+    )
+    ours = grad_norms(model, x, y, modules=["0"])
+    err_loop = float(((loop32.double() - truth).abs() / truth).max())
+    err_ours = float(((ours.double() - truth).abs() / truth).max())
+    assert torch.isfinite(ours).all() and (ours >= 0).all()
+    assert err_ours <= 10 * err_loop + 1e-7, (err_ours, err_loop)
+    assert gn.linear_mode(model[0], 12) == "gram"  # the form that had to be caught
+
+
+def test_batchnorm_with_a_large_mean_is_as_accurate_as_a_float32_loop():
+    """Inputs near 10,000 normalised by a running mean of 10,000, with given output gradients
+    (a loss linear in the output): the two sums of the fast form cancel to a few digits, the
+    batch-norm backward (centred first) does not; ours must be as accurate as the latter."""
+    torch.manual_seed(0)
+    layer = nn.BatchNorm1d(6, affine=True).eval()
+    with torch.no_grad():
+        layer.running_mean.fill_(10_000.0)
+    layer.bias.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x = 10_000 + torch.randn(5, 6, 7, generator=g)
+    grads = torch.randn(5, 6, 7, generator=g)
+
+    def loss_fn(out, index):  # per-sample loss sum(out * grads): output gradient = grads
+        return (out * grads[index]).flatten(1).sum(1)
+
+    index = torch.arange(5)
+    invstd = (layer.running_var.double() + layer.eps).rsqrt()
+    truth = (grads.double() * (x.double() - 10_000) * invstd[:, None]).sum(2).norm(dim=1)
+    loop32 = torch.stack(
+        [
+            torch.autograd.grad(loss_fn(layer(x[b : b + 1]), index[b : b + 1]).sum(), layer.weight)[
+                0
+            ].norm()
+            for b in range(len(x))
+        ]
+    )
+    ours = grad_norms(layer, x, index, loss_fn=loss_fn)
+    err_loop = float(((loop32.double() - truth).abs() / truth).max())
+    err_ours = float(((ours.double() - truth).abs() / truth).max())
+    assert err_ours <= 10 * err_loop + 1e-7, (err_ours, err_loop)
+
+
+def test_parameters_used_outside_every_module_call_are_refused():
+    model = nn.Sequential(nn.Linear(4, 3))
+    scale = model[0].weight
+
+    def loss_fn(out, y):  # reads a weight outside the model's forward
+        return F.cross_entropy(out * scale.sum(), y, reduction="none")
+
+    x, y = _data((4,), classes=3)
+    with pytest.raises(ValueError, match=r"'0.weight' is used outside every module call"):
+        grad_norms(model, x, y, loss_fn=loss_fn)
+
+
+def test_an_input_overwritten_after_a_module_read_it_is_refused():
+    class Overwrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Linear(4, 4)
+            self.second = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.first(x))
+            out = self.second(h)
+            h.mul_(2)  # the input 'second' read is changed afterwards
+            return out + h[:, :3]
+
+    x, y = _data((4,), classes=3)
+    with pytest.raises(ValueError, match=r"input of module 'second'.*modified in place"):
+        grad_norms(Overwrite(), x, y)
+
+
+def test_a_module_whose_samples_interact_is_refused():
+    class Centre(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return (x - x.mean(0)) * self.gain  # every sample's output depends on the batch
+
+    model = nn.Sequential(nn.Linear(4, 4), Centre(), nn.Linear(4, 3))
+    x, y = _data((4,), classes=3)
+    with pytest.raises(ValueError, match=r"'1' \(Centre\).*samples interact"):
+        grad_norms(model, x, y)
 
 
 def test_inputs_that_are_not_batch_first_are_refused():

@@ -96,7 +96,7 @@ def test_committed_benchmark_results_load_and_plot():
 
     table = benchmark_results("per_sample_norms_cpu.csv")
     assert {"model", "method", "ms", "time_vs_floor", "machine"} <= set(table.columns)
-    assert set(table["model"]) == {"mlp", "cnn", "resnet18"}
+    assert set(table["model"]) == {"mlp", "cnn", "resnet18", "vit"}
     ax = plots.plot_benchmark(table)
     assert len(ax.patches) >= table["time_vs_floor"].notna().sum()
     plt.close(ax.figure)

@@ -78,3 +78,36 @@ def test_expected_distinct_matches_simulation_and_the_uniform_limit():
         for _ in range(200)
     ]
     assert expected_distinct(skewed) == pytest.approx(sum(simulated) / 200, rel=0.01)
+
+
+def test_sampling_diagnostics_match_direct_computation_and_sampler_draws():
+    from pgd.methods.sampling import sampling_diagnostics, small_sample_warning
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.rand(400, generator=gen) ** 6  # a few large scores
+    probs = sampling_probabilities(scores)
+    labels = torch.arange(400) % 4
+    bias = torch.where(torch.arange(400) < 20, (labels + 1) % 4, labels)
+    diag = sampling_diagnostics(probs, labels=labels, bias_labels=bias)
+    assert diag["effective_sample_size"] == pytest.approx(1 / float((probs**2).sum()))
+    assert diag["top1pct_mass"] == pytest.approx(
+        float(probs.sort(descending=True).values[:4].sum())
+    )
+    # distinct samples per epoch, against draws of the sampler itself
+    distinct = [
+        len(set(importance_sampler(scores, generator=torch.Generator().manual_seed(s))))
+        for s in range(200)
+    ]
+    assert diag["distinct_per_epoch"] == pytest.approx(sum(distinct) / len(distinct), rel=0.02)
+    groups = {(g["label"], g["bias"]): g for g in diag["group_mass"]}
+    assert sum(g["samples"] for g in groups.values()) == 400
+    assert sum(g["mass"] for g in groups.values()) == pytest.approx(1.0)
+    conflicting = bias != labels
+    mass = sum(g["mass"] for g in groups.values() if g["conflicting"])
+    assert mass == pytest.approx(float(probs[conflicting].sum()))
+    uniform = sampling_diagnostics(torch.full((400,), 1 / 400, dtype=torch.float64))
+    assert uniform["effective_sample_size"] == pytest.approx(400)
+    assert small_sample_warning(uniform) is None
+    one = torch.zeros(400, dtype=torch.float64)
+    one[:10] = 0.1
+    assert "about 10 effective samples" in small_sample_warning(sampling_diagnostics(one))

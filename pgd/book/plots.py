@@ -371,3 +371,41 @@ def plot_accuracy_vs_ratio(
     ax.set_ylabel(y.replace("_", " ") + " (%)")
     ax.legend(fontsize="small", ncol=2)
     return ax
+
+
+def plot_folder_examples(data, per_class: int = 6, conflicting: int = 2, seed: int = 0) -> Figure:
+    """Training images of an image folder (:class:`pgd.datasets.folder.FolderSplits`), one row
+    per class: ``per_class - conflicting`` bias-aligned ones and ``conflicting``
+    bias-conflicting ones (marked), chosen at random with ``seed``, titled with their bias value
+    where ``bias.csv`` gives one."""
+    train, names = data.train, data.class_names
+    generator = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(
+        len(names), per_class, figsize=(1.2 * per_class + 1.6, 1.25 * len(names)), squeeze=False
+    )
+    values = data.bias_values["train"] if data.bias_values else None
+    for row, name in enumerate(names):
+        members = torch.nonzero(train.labels == row).flatten()
+        flags = train.is_conflicting[members]
+        odd, usual = members[flags], members[~flags]
+        picks = usual[torch.randperm(len(usual), generator=generator)[: per_class - conflicting]]
+        chosen = (
+            picks.tolist()
+            + odd[torch.randperm(len(odd), generator=generator)[:conflicting]].tolist()
+        )
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(chosen):
+                ax.axis("off")
+                continue
+            index = chosen[col]
+            ax.imshow(train.images[index].permute(1, 2, 0).numpy())
+            title = values[index] if values else ""
+            if bool(train.is_conflicting[index]):
+                title += " ✱"
+            ax.set_title(title, fontsize=7)
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("training images per class (title: bias value from bias.csv; ✱ bias-conflicting)")
+    fig.tight_layout()
+    return fig

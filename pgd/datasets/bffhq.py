@@ -259,6 +259,7 @@ def load_bffhq(
         folder=folder,
         image_size=size,
         seed=order_seed,
+        official=real and pct.name == "0.5pct" and found == OFFICIAL_COUNTS,
     )
 
 

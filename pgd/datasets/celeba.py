@@ -368,6 +368,7 @@ def load_celeba(
         folder=folder,
         image_size=size,
         seed=order_seed,
+        official=real and all(counts[s] == OFFICIAL_COUNTS[s] for s in counts),
     )
 
 

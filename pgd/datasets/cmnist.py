@@ -288,6 +288,9 @@ class ColoredMNISTSplits:
     def is_full_mnist(self) -> bool:
         return self.source == "torchvision"
 
+    is_full = is_full_mnist
+    input_shape = (3, 28, 28)
+
     def announce(self) -> None:
         """Print which digits this is; loudly when they are not the full MNIST."""
         if self.is_full_mnist:

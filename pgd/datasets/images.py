@@ -61,8 +61,8 @@ def loader_workers(request: DataRequest) -> int:
 def _check_image_size(value: int | None) -> int | None:
     if value is None:
         return None
-    if not 32 <= int(value) <= 1024:
-        raise ValueError(f"image_size must lie in 32..1024 pixels, got {value}")
+    if not 16 <= int(value) <= 1024:
+        raise ValueError(f"image_size must lie in 16..1024 pixels, got {value}")
     return int(value)
 
 
@@ -77,7 +77,8 @@ STAND_IN_OPTION = Param(
 IMAGE_SIZE_OPTION = Param(
     "image_size",
     None,
-    "side of the model's input (default 224; 64 with --stand-in)",
+    "side of the images fed to the model (celeba, bffhq: default 224, 64 with --stand-in; "
+    "folder: 32)",
     parse=int,
     check=_check_image_size,
 )
@@ -226,6 +227,7 @@ class ImageSplits:
             say which is which).
         folder: where the files are.
         image_size: side of the square images fed to the model.
+        official: real data with the file counts of the release (see :attr:`is_full`).
     """
 
     train: ImageFileDataset
@@ -241,10 +243,20 @@ class ImageSplits:
     folder: Path
     image_size: int
     seed: int = 0
+    official: bool = False  # real data with the released file counts
+
+    @property
+    def is_full(self) -> bool:
+        """The real dataset as released (a subset or a stand-in is not)."""
+        return self.is_real and self.official
 
     @property
     def is_real(self) -> bool:
         return self.source == "real"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
 
     @property
     def ratio(self) -> float:

@@ -7,11 +7,11 @@ and its own settings); adding a dataset is writing such a module and listing it 
 from __future__ import annotations
 
 from ..core.params import lookup
-from . import bffhq, celeba, cmnist
+from . import bffhq, celeba, cmnist, folder
 from .base import DataRequest, DatasetSpec, Splits
 
 DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec for spec in (cmnist.SPEC, celeba.SPEC, bffhq.SPEC)
+    spec.name: spec for spec in (cmnist.SPEC, celeba.SPEC, bffhq.SPEC, folder.SPEC)
 }
 
 

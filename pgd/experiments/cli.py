@@ -1,5 +1,6 @@
 """Command line: ``python -m pgd run`` runs one experiment, prints its results and saves JSON;
-``python -m pgd compare`` runs a grid of methods, ratios and seeds; ``python -m pgd list`` lists
+``python -m pgd compare`` runs a grid of methods, ratios and seeds; ``python -m pgd audit`` ranks
+the training images by PGD's score and writes a report; ``python -m pgd list`` lists
 the registered datasets and methods. The options of ``run`` are built from the registries: a
 dataset's or a method's own settings appear here as soon as it declares them."""
 
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from ..core.params import add_param_options
@@ -19,6 +22,8 @@ from ..datasets.cmnist import DIGIT_SOURCES
 from ..datasets.registry import DATASETS
 from ..methods.registry import METHODS
 from ..models import MODELS
+from ..training.loop import PROGRESS_ENV
+from .audit import audit
 from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, wall_time_table
 from .config import COMMON_FIELDS, ExperimentConfig
 from .pipeline import run
@@ -118,6 +123,40 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
 
+    a = commands.add_parser(
+        "audit",
+        help="find the training images a biased model gets wrong: PGD's scores, ranked, with "
+        "figures and a summary",
+        description="Train PGD's biased model (or read it back with --resume), score every "
+        "training image by its per-sample gradient norm, and write OUT/scores.csv (path, label, "
+        "prediction, loss, score, rank, sampling probability), OUT/top_scored.png, "
+        "OUT/score_histograms.png and OUT/summary.md. Needs no bias labels; an image folder's "
+        "bias.csv, if there, is used for the report only.",
+    )
+    a.add_argument("--dataset", choices=tuple(DATASETS), default="folder")
+    a.add_argument(
+        "--data-root",
+        default=None,
+        help="dataset folder (for --dataset folder: the image folder, DIR/train/<class>/*)",
+    )
+    a.add_argument("--ratio", type=_ratio, default=None, help="as for run")
+    a.add_argument("--model", choices=tuple(MODELS), default=None)
+    a.add_argument("--pretrained", action="store_true", default=None)
+    a.add_argument("--profile", choices=tuple(PROFILES), default=None)
+    a.add_argument("--epochs", type=int, default=None, help="epochs of the biased model")
+    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--device", default=None)
+    add_param_options(
+        a.add_argument_group("dataset settings"),
+        {name: spec.options for name, spec in DATASETS.items()},
+    )
+    add_param_options(a.add_argument_group("PGD's score"), {"pgd": METHODS["pgd"].params})
+    a.add_argument("--out", type=Path, required=True, help="report folder (new, or a report)")
+    a.add_argument("--top", type=int, default=8, help="images per class in top_scored.png")
+    a.add_argument("--resume", action="store_true", help="reuse the biased model's checkpoint")
+    a.add_argument("--no-checkpoints", action="store_true", help="write no checkpoint")
+    a.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     commands.add_parser(
         "list",
         help="list the registered datasets and methods",
@@ -198,14 +237,26 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(f"data: {result.data['description']}")
     print(f"device: {summary['device']}; wall time {summary['seconds']:.1f} s")
-    if result.conflicting_mass is not None:
+    if result.sampling is not None:
+        diag = result.sampling
         print(
-            f"PGD moved {100 * result.conflicting_mass:.1f}% of the sampling probability onto "
-            f"the {100 * result.data['train_conflicting_share']:.2f}% bias-conflicting samples"
+            f"sampling: effective sample size {diag['effective_sample_size']:,.1f} of "
+            f"{diag['samples']:,}, {diag['distinct_per_epoch']:,.0f} distinct samples per epoch, "
+            f"{100 * diag['top1pct_mass']:.1f}% of the probability on the top 1%"
+        )
+    if result.conflicting_mass is not None and result.data.get("bias_known", True):
+        print(
+            f"{config.method} moved {100 * result.conflicting_mass:.1f}% of the sampling "
+            f"probability onto the {100 * result.data['train_conflicting_share']:.2f}% "
+            "bias-conflicting samples"
         )
     print("\naccuracy (%)")
     print(result.table().to_string())
     groups = result.test_groups.assign(accuracy=lambda t: (100 * t["accuracy"]).round(2))
+    names, bias_names = result.data.get("class_names"), result.data.get("bias_names")
+    if names:  # the groups by name (CelebA's bias 0 is "Male", for instance)
+        groups["label"] = [names[v] for v in groups["label"]]
+        groups["bias"] = [bias_names[v] if v >= 0 else "unseen in training" for v in groups["bias"]]
     print("\ntest accuracy per (label, bias) group (%)")
     print(groups.to_string(index=False))
     if result.data.get("stand_in"):
@@ -269,6 +320,45 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    args.method = "pgd"
+    config = _config(args)
+    report = audit(
+        config,
+        args.out,
+        data_root=args.data_root,
+        checkpoint_dir=None if args.no_checkpoints else "auto",
+        resume=args.resume,
+        progress=not args.no_progress,
+        per_class=args.top,
+    )
+    diag = report.summary["sampling"]
+    print(f"\naudit of {report.data.description}")
+    print(
+        f"biased model: {config.model}, {config.profile_spec.epochs} epochs; training accuracy "
+        f"{100 * report.summary['model']['train_accuracy']:.1f}%"
+    )
+    print(
+        f"sampling: effective sample size {diag['effective_sample_size']:.1f} of "
+        f"{diag['samples']:,}; {100 * diag['top1pct_mass']:.1f}% of the mass on the top 1%"
+    )
+    if "bias" in report.summary:
+        bias = report.summary["bias"]
+        auc = "undefined" if bias["auc"] is None else f"{bias['auc']:.4f}"
+        print(
+            f"bias.csv (evaluation only): {bias['conflicting']:,} bias-conflicting images hold "
+            f"{100 * bias['conflicting_mass']:.1f}% of the mass; ROC AUC of the score {auc}"
+        )
+    for warning in report.warnings:
+        loud_warning("Concentrated sampling", *textwrap.wrap(warning, 90))
+    print("\nhighest-scored training images:")
+    columns = ["rank", "path", "label", "prediction", "score"]
+    columns += ["conflicting"] if "conflicting" in report.scores else []
+    print(report.scores.nsmallest(10, "rank")[columns].to_string(index=False))
+    print(f"\nreport written to {report.folder}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     print("datasets")
     for spec in DATASETS.values():
@@ -282,12 +372,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "compare": _compare, "list": _list}
+COMMANDS = {"run": _run, "compare": _compare, "audit": _audit, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pgd``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    before = os.environ.get(PROGRESS_ENV)
+    if getattr(args, "no_progress", False):
+        os.environ[PROGRESS_ENV] = "0"  # also the bars of data preparation
     try:
         return COMMANDS[args.command](args)
     except (
@@ -305,3 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         again = "the same command" + ("" if args.command == "compare" else " with --resume")
         print(f"\ninterrupted: rerun {again} to continue", file=sys.stderr)
         return 130
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before

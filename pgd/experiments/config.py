@@ -168,6 +168,9 @@ class ExperimentConfig:
             fix(self, "ratio", None)
         else:
             fix(self, "ratio", check_ratio(ratio if ratio is not None else data_spec.default_ratio))
+        size = dict(self.settings).get("image_size")
+        if key == "cnn" and size is not None and size < 28:
+            raise ValueError(f"the small CNN needs images of at least 28 pixels, got {size}")
         if pretrained and key != "resnet18":
             raise ValueError(f"pretrained weights exist for resnet18 only, not for {key}")
         fix(self, "pretrained", bool(pretrained))

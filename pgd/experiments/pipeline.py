@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ from ..datasets.base import DataRequest, Splits
 from ..datasets.images import ImageSplits
 from ..datasets.registry import build_dataset
 from ..methods.base import Trainer
-from ..methods.sampling import probability_mass, sampling_probabilities
+from ..methods.sampling import (
+    probability_mass,
+    sampling_diagnostics,
+    sampling_probabilities,
+    small_sample_warning,
+)
 from ..training.metrics import group_accuracy_table, predict, summarize
 from ..training.schedules import stage_config
 from .config import ExperimentConfig
@@ -133,6 +139,10 @@ class ExperimentResult:
         scores: PGD's ``(N,)`` training scores (None for the other methods).
         conflicting_mass: total sampling probability on bias-conflicting samples, for methods
             that resample (PGD, JTT, upsampling); None for the others.
+        sampling: how concentrated their sampling is
+            (:func:`pgd.methods.sampling.sampling_diagnostics`: effective sample size, distinct
+            samples per epoch, mass on the top 1%, mass per (label, bias) group); None for the
+            others.
         extras: method-specific diagnostics (JTT: error-set size and its conflicting share).
         model: the final model (selected weights).
         provenance: device, versions, code version.
@@ -150,6 +160,7 @@ class ExperimentResult:
     seconds: float
     scores: Tensor | None = None
     conflicting_mass: float | None = None
+    sampling: dict[str, Any] | None = None
     checkpoint_dir: Path | None = None
     extras: dict[str, float] = field(default_factory=dict)
 
@@ -174,6 +185,8 @@ class ExperimentResult:
         }
         if self.extras:
             out["extras"] = self.extras
+        if self.sampling is not None:
+            out["sampling"] = self.sampling
         if self.scores is not None:
             out["pgd"] = {
                 "conflicting_probability_mass": self.conflicting_mass,
@@ -196,6 +209,9 @@ class ExperimentResult:
             "worst_group_accuracy": 100 * test["worst_group_accuracy"],
             "valid_accuracy": 100 * self.metrics["valid"]["accuracy"],
             "conflicting_mass": self.conflicting_mass,
+            "effective_sample_size": (
+                self.sampling["effective_sample_size"] if self.sampling else None
+            ),
             "seconds": self.seconds,
         }
 
@@ -234,6 +250,17 @@ def run(
     device = resolve_device(config.device)
     if data is None:
         data = load_data(config, data_root, workers=workers, download=download)
+    if config.is_oracle and not getattr(data, "has_bias", True):
+        raise ValueError(
+            f"{config.method} is an oracle: it trains with the bias labels of the training set, "
+            f"and {data.description} has none. Add DIR/bias.csv (path,bias) to run it, or choose "
+            "a method that needs no bias labels (vanilla, pgd, lff, jtt)."
+        )
+    if len(data.test) == 0:
+        raise ValueError(
+            f"{data.description}: no test images, so there is no test accuracy to report. Add "
+            "a test split (image folder: DIR/test/<class>/*); `python -m pgd audit` needs none."
+        )
     if checkpoint_dir == "auto":
         folder: Path | None = runs_root() / config.name(data.source)
     else:
@@ -241,10 +268,19 @@ def run(
     trained = config.method_spec.run(
         trainer(config, data, folder=folder, resume=resume, progress=progress)
     )
-    mass = None
+    mass, sampling = None, None
     if trained.sampling_weights is not None:
         probabilities = sampling_probabilities(trained.sampling_weights)
         mass = probability_mass(probabilities, data.train.is_conflicting)
+        known = getattr(data, "has_bias", True)  # bias labels: evaluation only, never training
+        sampling = sampling_diagnostics(
+            probabilities,
+            labels=data.train.labels if known else None,
+            bias_labels=data.train.bias_labels if known else None,
+        )
+        warning = small_sample_warning(sampling)
+        if warning:
+            warnings.warn(f"{config.method}: {warning}", stacklevel=2)
     amp = stage_config(config.model, "vanilla", 1).amp
     predictions = {
         split: predict(trained.model, getattr(data, split), device=device, amp=amp)
@@ -257,7 +293,7 @@ def run(
         "dataset": config.dataset,
         "source": data.source,
         "description": data.description,
-        "full_dataset": data.source in ("torchvision", "real"),
+        "full_dataset": bool(getattr(data, "is_full", False)),
         "stand_in": data.source == "stand-in",
         "ratio": data.ratio,
         "seed": data.seed,
@@ -267,6 +303,12 @@ def run(
         "train_conflicting": train_conflicting,
         "train_conflicting_share": train_conflicting / len(data.train),
     }
+    if getattr(data, "class_names", None) is not None:
+        data_info["class_names"] = list(data.class_names)
+        data_info["bias_names"] = list(
+            getattr(data, "bias_names", None) or [f"goes with {c}" for c in data.class_names]
+        )
+        data_info["bias_known"] = bool(getattr(data, "has_bias", True))
     if isinstance(data, ImageSplits):
         data_info.update(
             target=data.target,
@@ -288,6 +330,7 @@ def run(
         seconds=time.perf_counter() - began,
         scores=trained.scores,
         conflicting_mass=mass,
+        sampling=sampling,
         checkpoint_dir=folder,
         extras=trained.extras,
     )

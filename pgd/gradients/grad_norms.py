@@ -28,10 +28,21 @@ gradient is computed), and a pre-hook on the graph edge of each module's output 
 module's norms the moment its output gradient arrives and then releases its saved input, so time
 and memory stay close to one training step (``benchmarks/per_sample_norms.py`` measures it).
 
+A closed form is used only where it provably applies: the module is an instance of one of the
+classes above with that class's own ``forward`` (not a subclass that overrides it), it has no
+forward hooks, and every use of its parameters during the forward pass happens inside its own
+calls (a ``TorchFunctionMode`` watches every operation that reads a scored parameter, and which
+module calls are running at that moment). Where a parameter is also read elsewhere (a parent that
+reads a child's weight, tied weights, ``nn.MultiheadAttention``, which reads ``out_proj.weight``
+itself), its per-sample gradients come from ``torch.func`` on the innermost module whose calls
+enclose every use, checked sample by sample against the batched output. The result never depends
+on the caller's autograd mode, and a Gram sum that lost digits to cancellation is recomputed from
+the materialised gradient, so float32 results are as accurate as a per-sample backward pass.
+
 BatchNorm in training mode normalises with the statistics of the batch, so every sample's output
-depends on every other sample: per-sample gradients are then not defined, and we refuse. A
-parameter must be used only inside its own module's forward (tied weights, or weights read
-directly by a parent module, are refused where they can be detected).
+depends on every other sample: per-sample gradients are then not defined, and we refuse; so for
+inputs that are not batch-first, parameters used outside every module call (in the loss), and
+inputs overwritten in place after a module read them.
 
 The plain reference these formulas are tested against is
 :func:`pgd.gradients.scores.per_sample_grad_norms` (``vmap(grad(...))`` over the whole model).
@@ -42,7 +53,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,31 +62,20 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 ConvMode = Literal["auto", "gram", "materialise"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WARNED: set[str] = set()
-
-
-@dataclass
-class _Call:
-    """One call of a module during the forward pass: its inputs, and later its output gradient."""
-
-    args: tuple
-    edge: GradientEdge | None
-    root: bool = False  # no input requires a gradient: the backward pass must be led here
-    grad: Tensor | None = None
-
-
-@dataclass
-class _Watched:
-    name: str
-    module: nn.Module
-    calls: list[_Call] = field(default_factory=list)
-    pending: int = 0  # calls whose output gradient has not arrived yet
-    result: Tensor | None = None  # (B,) squared norms, once known
+#: A Gram (ghost-norm) sum whose terms are, in absolute value, this many times larger than the
+#: result has lost digits to cancellation; its samples are recomputed from the materialised
+#: gradient, whose rounding error is that of a plain per-sample backward pass.
+GRAM_CONDITION = 100.0
+_LOOP = "pgd.gradients.scores.per_sample_grad_norms_loop(..., all_parameters=True)"
 
 
 def default_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -104,18 +104,70 @@ def _check_no_batch_mixing(model: nn.Module) -> None:
             )
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+    )
+
+
+def closed_form(module: nn.Module) -> str | None:
+    """The closed form that applies to ``module`` (``linear``, ``conv``, ``batchnorm``,
+    ``norm``, ``embedding``), or None where there is none or where this cannot be proven: a
+    subclass with a forward of its own (timm's ``StdConv2d`` standardises its weight), forward
+    hooks (they may change inputs or outputs), an ``Embedding`` that scales by frequency."""
+    kind = type(module)
+    if _has_hooks(module):
+        return None
+    if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
+        return "linear"
+    for base in _CONVS:
+        if (
+            isinstance(module, base)
+            and kind.forward is base.forward
+            and kind._conv_forward is base._conv_forward
+        ):
+            return "conv"
+    if isinstance(module, _BatchNorm) and kind.forward is _BatchNorm.forward:
+        return "batchnorm"
+    for base in _NORMS:
+        if isinstance(module, base) and kind.forward is base.forward:
+            return "norm"
+    if (
+        isinstance(module, nn.Embedding)
+        and kind.forward is nn.Embedding.forward
+        and not module.scale_grad_by_freq
+    ):
+        return "embedding"
+    return None
+
+
+def _why_not_closed(module: nn.Module) -> str:
+    if _has_hooks(module):
+        return "it has forward hooks, which may change its inputs or outputs"
+    for base in (nn.Linear, *_CONVS, _BatchNorm, *_NORMS, nn.Embedding):
+        if isinstance(module, base):
+            if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
+                return "scale_grad_by_freq has no closed form"
+            return f"a subclass of {base.__name__} with a forward of its own"
+    return f"no closed form for {type(module).__name__}"
+
+
 def select_modules(
     model: nn.Module, modules: Iterable[nn.Module | str] | None = None
 ) -> list[tuple[str, nn.Module]]:
     """The modules whose own trainable parameters are scored, as ``(name, module)`` pairs.
 
     ``None`` means every module of ``model``; a chosen module (object or dotted name) stands for
-    itself and all its descendants. Only modules that own trainable parameters are returned.
+    itself and all its descendants. Only modules that own trainable parameters are returned. A
+    parameter shared by several modules (tied weights) is scored once, whichever of them is
+    chosen, with every use counted.
 
     Raises:
-        ValueError: an unknown name, a module that is not part of ``model``, a selection with no
-            trainable parameters, or a parameter shared by two selected modules (its per-sample
-            gradient would be the sum of both contributions, which this method does not form).
+        ValueError: an unknown name, a module that is not part of ``model``, or a selection with
+            no trainable parameters.
     """
     named = dict(model.named_modules())
     names_of = {id(m): n for n, m in named.items()}
@@ -146,17 +198,248 @@ def select_modules(
                 chosen.setdefault(id(sub), (names_of[id(sub)], sub))
     if not chosen:
         raise ValueError("the selected modules have no trainable parameters")
-    owner: dict[int, str] = {}
-    for name, module in chosen.values():
-        for param in module.parameters(recurse=False):
-            if param.requires_grad and id(param) in owner:
-                raise ValueError(
-                    f"a parameter is shared by modules {owner[id(param)]!r} and {name!r} (tied "
-                    "weights); their per-sample gradients would have to be added before the norm, "
-                    "which this method does not do. Use pgd.gradients.scores.per_sample_grad_norms."
-                )
-            owner[id(param)] = name
     return list(chosen.values())
+
+
+# --- The forward pass: module calls and parameter uses -------------------------------------------
+
+
+@dataclass
+class _Call:
+    """One call of a module during the forward pass: its inputs, its outputs' graph edges, and
+    later their gradients."""
+
+    args: tuple
+    kwargs: dict
+    versions: list[tuple[Tensor, int]]  # tensor inputs and their version counters
+    root: bool  # no input requires a gradient: the backward pass must be led here
+    batch_first: bool  # the first input has the batch as its first dimension
+    edges: list[GradientEdge | None] = field(default_factory=list)
+    shapes: list[tuple[torch.Size, torch.dtype]] = field(default_factory=list)
+    grads: list[Tensor | None] = field(default_factory=list)
+    outputs_ok: bool = True  # tensors (or None), each with the batch first
+    mutated_own_input: bool = False
+
+
+def _tensors(*items: object) -> list[Tensor]:
+    """The tensors among ``items``, looking one level into tuples, lists and dicts (how module
+    inputs and operator arguments come): cheap enough to run on every operation."""
+    found = []
+    for item in items:
+        if isinstance(item, Tensor):
+            found.append(item)
+        elif isinstance(item, tuple | list):
+            found += [t for t in item if isinstance(t, Tensor)]
+        elif isinstance(item, dict):
+            found += [t for t in item.values() if isinstance(t, Tensor)]
+    return found
+
+
+def _map_tensors(fn: Callable[[Tensor], Tensor], item: Any) -> Any:
+    """``item`` with ``fn`` applied to its tensors, one level into tuples, lists and dicts."""
+    if isinstance(item, Tensor):
+        return fn(item)
+    if isinstance(item, tuple | list):
+        return type(item)(fn(t) if isinstance(t, Tensor) else t for t in item)
+    if isinstance(item, dict):
+        return {k: fn(t) if isinstance(t, Tensor) else t for k, t in item.items()}
+    return item
+
+
+class _Trace(TorchFunctionMode):
+    """Records, during one forward pass, every module call (inputs, output edges) and, for every
+    watched parameter, the modules whose calls enclose each of its uses."""
+
+    def __init__(self, params: dict[int, Tensor], batch: int, clone: set[int]) -> None:
+        super().__init__()
+        self.params, self.batch, self.clone = params, batch, clone
+        self.stack: list[tuple[nn.Module, _Call]] = []
+        self.calls: dict[int, list[_Call]] = {}
+        self.common: dict[int, list[int]] = {}  # param -> modules on the stack at every use
+        self.outside: set[int] = set()  # params used outside every module call
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for tensor in _tensors(*args, *kwargs.values()):
+            if id(tensor) in self.params:
+                self._use(id(tensor))
+        return func(*args, **kwargs)
+
+    def _use(self, key: int) -> None:
+        on_stack = [id(m) for m, _ in self.stack]
+        if not on_stack:
+            self.outside.add(key)
+            return
+        before = self.common.get(key)
+        if before is None:
+            self.common[key] = on_stack
+        else:
+            present = set(on_stack)
+            self.common[key] = [m for m in before if m in present]
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        with torch._C.DisableTorchFunction():  # this bookkeeping is not the model's
+            self._push(module, args, kwargs)
+
+    def _push(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs = _tensors(*args, *kwargs.values())
+        copy = (lambda t: t.detach().clone()) if id(module) in self.clone else Tensor.detach
+        args, kwargs = _map_tensors(copy, args), _map_tensors(copy, kwargs)
+        first = args[0] if args and isinstance(args[0], Tensor) else None
+        call = _Call(
+            args=args,
+            kwargs=kwargs,
+            versions=[(t, t._version) for t in inputs],
+            root=not any(t.requires_grad for t in inputs),
+            batch_first=first is not None and first.dim() > 0 and first.shape[0] == self.batch,
+        )
+        self.stack.append((module, call))
+
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        with torch._C.DisableTorchFunction():
+            self._pop(module, output)
+
+    def _pop(self, module: nn.Module, output: object) -> None:
+        top, call = self.stack.pop()
+        assert top is module, "module calls did not nest"
+        outputs = output if isinstance(output, tuple | list) else (output,)
+        for out in outputs:
+            if isinstance(out, Tensor):
+                call.edges.append(get_gradient_edge(out) if out.requires_grad else None)
+                call.shapes.append((out.shape, out.dtype))
+                call.outputs_ok &= out.dim() > 0 and out.shape[0] == self.batch
+            elif out is not None:
+                call.outputs_ok = False
+        call.mutated_own_input = any(t._version != v for t, v in call.versions)
+        call.versions = [(t, t._version) for t, _ in call.versions]
+        self.calls.setdefault(id(module), []).append(call)
+
+
+def _trace(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor | None,
+    params: dict[int, Tensor],
+    loss_fn: LossFn,
+    clone: set[int],
+) -> tuple[_Trace, Tensor | None]:
+    """One forward pass (and the loss, if ``labels``) with every module call recorded."""
+    trace = _Trace(params, len(inputs), clone)
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(
+                module.register_forward_pre_hook(trace.pre_hook, prepend=True, with_kwargs=True)
+            )
+            handles.append(module.register_forward_hook(trace.post_hook, with_kwargs=True))
+        with trace:
+            outputs = model(inputs)
+            losses = loss_fn(outputs, labels) if labels is not None else None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return trace, losses
+
+
+# --- Units: which module's calls give which parameters' per-sample gradients ---------------------
+
+
+@dataclass
+class _Unit:
+    """Parameters whose per-sample gradients come from the calls of one module: in closed form
+    (``kind``: see :func:`closed_form`) or with ``torch.func`` (``kind == "fallback"``)."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    params: dict[str, Tensor]  # parameter name within ``module`` -> parameter
+    reason: str = ""
+    calls: list[_Call] = field(default_factory=list)
+    pending: int = 0  # output gradients not arrived yet
+    result: Tensor | None = None  # (B,) squared norms, once known
+
+    @property
+    def include(self) -> set[int]:
+        return {id(p) for p in self.params.values()}
+
+
+def _param_names(module: nn.Module) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), name)
+    return names
+
+
+def _plan(
+    model: nn.Module, selected: list[tuple[str, nn.Module]], trace: _Trace
+) -> tuple[list[_Unit], list[Tensor]]:
+    """The units for ``selected``'s trainable parameters, and the parameters no tracked
+    operation used (their gradient must turn out to be zero)."""
+    module_names = {id(m): n for n, m in model.named_modules()}
+    modules = {id(m): m for m in model.modules()}
+    holders: dict[int, list[int]] = {}
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                holders.setdefault(id(param), []).append(id(module))
+    units: dict[tuple[int, str], _Unit] = {}
+    unused: list[Tensor] = []
+    seen: set[int] = set()
+    for holder_name, holder in selected:
+        own = _param_names(holder)
+        for param in holder.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            label = f"{holder_name + '.' if holder_name else ''}{own[id(param)]}"
+            if id(param) in trace.outside:
+                raise ValueError(
+                    f"parameter {label!r} is used outside every module call (in loss_fn, or by "
+                    "code that is not a module's forward): per-sample norms follow gradients "
+                    "through module calls only. Move that computation into a module, or use "
+                    f"{_LOOP}."
+                )
+            common = trace.common.get(id(param))
+            if common is None:
+                unused.append(param)
+                continue
+            where = common[-1]  # the innermost module whose calls enclose every use
+            shared = [module_names[m] for m in holders[id(param)] if m != id(holder)]
+            kind = closed_form(holder) if where == id(holder) and not shared else None
+            if kind is not None:
+                key, owner = (id(holder), kind), holder
+                reason = ""
+            else:
+                key, owner = (where, "fallback"), modules[where]
+                if shared:
+                    reason = f"{label} is tied with {', '.join(map(repr, shared))}"
+                elif where != id(holder):
+                    reason = f"parameters of {holder_name!r} are also used outside its own calls"
+                else:
+                    reason = _why_not_closed(holder)
+            unit = units.get(key)
+            if unit is None:
+                unit = units[key] = _Unit(
+                    module_names[key[0]], owner, key[1], {}, calls=trace.calls.get(key[0], [])
+                )
+            unit.params[_param_names(owner)[id(param)]] = param
+            if reason and reason not in unit.reason:
+                unit.reason = f"{unit.reason}; {reason}" if unit.reason else reason
+    for unit in units.values():
+        _check_unit(unit)
+    return list(units.values()), unused
+
+
+def _check_unit(unit: _Unit) -> None:
+    what = f"module {unit.name or 'the model'!r} ({type(unit.module).__name__})"
+    for call in unit.calls:
+        if not call.batch_first or not call.outputs_ok:
+            raise ValueError(
+                f"{what} is called with inputs or returns outputs whose first dimension is not "
+                "the batch: per-sample norms need the batch as the first dimension of every "
+                "scored module's input and output (and outputs that are tensors). Use "
+                f"{_LOOP} for such models."
+            )
 
 
 def grad_norms(
@@ -173,7 +456,17 @@ def grad_norms(
 
     One forward and one backward pass of the batch; no per-sample gradient of a Linear or
     normalisation layer is ever formed. The model is used as it is: call ``model.eval()`` first
-    if it has BatchNorm (required) or dropout (advisable: otherwise the norms are random).
+    if it has BatchNorm (required) or dropout (advisable: otherwise the norms are random). The
+    result does not depend on the caller's autograd mode (``torch.no_grad()``,
+    ``torch.inference_mode()``).
+
+    Exact or refused: a closed form is used only where it provably applies (the module's class
+    is one of the covered ones with its own ``forward`` unchanged, no forward hooks, and its
+    parameters are used only inside its own calls). Elsewhere the per-sample gradients of the
+    parameters concerned come from ``torch.func`` on the innermost module whose calls enclose
+    every use of them (a parent that reads a child's weight, a model with tied weights, an
+    ``nn.MultiheadAttention``), checked sample by sample against the batched output; what cannot
+    be handled so is refused with a ``ValueError`` that names the module and the way out.
 
     Args:
         model: any network whose samples do not interact (no BatchNorm in training mode).
@@ -184,24 +477,39 @@ def grad_norms(
         loss_fn: per-sample loss, ``(outputs, labels) -> (B,)``; default cross-entropy.
         conv: ``"gram"`` or ``"materialise"`` for every convolution, or ``"auto"`` (default) to
             pick the cheaper one per layer (:func:`conv_mode`).
-        per_module: also return each module's ``(B,)`` squared norms, keyed by module name.
+        per_module: also return the ``(B,)`` squared norms of each unit (a module, or the module
+            whose calls enclose the uses of some parameters), keyed by its name.
 
     Returns:
-        ``(B,)`` norms (and the per-module squared norms if asked); detached, dtype of the
+        ``(B,)`` norms (and the per-unit squared norms if asked); detached, dtype of the
         computation.
 
     Raises:
         ValueError: BatchNorm in training mode, a module fed a tensor whose first dimension is not
-            the batch, a loss that does not return one value per sample, or a bad selection.
+            the batch, samples that interact, a parameter used outside every module call, a loss
+            that does not return one value per sample, or a bad selection.
     """
     if conv not in ("auto", "gram", "materialise"):
         raise ValueError(f"conv must be 'auto', 'gram' or 'materialise', got {conv!r}")
     _check_no_batch_mixing(model)
     selected = select_modules(model, modules)
-    watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=False)
-    if any(w.pending for w in watched):  # the pass from the first layers missed some: ask for all
-        watched = _one_pass(model, inputs, labels, selected, loss_fn, conv, exhaustive=True)
-    squared = {w.name: w.result for w in watched}
+    # Whatever the caller's autograd mode, this needs a graph: inference tensors are copied.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs.detach()
+        y = labels.clone() if labels.is_inference() else labels
+        units, clone = None, set()
+        for _attempt in range(3):
+            units, redo = _one_pass(model, x, y, selected, loss_fn, conv, clone, exhaustive=False)
+            if redo:  # a module overwrote its own input: keep copies of its inputs
+                clone |= redo
+                continue
+            if any(u.pending for u in units):  # the pass led to the first layers missed some
+                units, _ = _one_pass(model, x, y, selected, loss_fn, conv, clone, exhaustive=True)
+            break
+    squared = {u.name: u.result.clamp_min(0) for u in units}
+    if not squared:  # no chosen parameter took part in the forward pass
+        param = next(p for _, m in selected for p in m.parameters(recurse=False))
+        return torch.zeros(len(labels), dtype=param.dtype, device=param.device)
     total = torch.stack(list(squared.values())).sum(0).sqrt()
     return (total, squared) if per_module else total
 
@@ -213,56 +521,55 @@ def _one_pass(
     selected: list[tuple[str, nn.Module]],
     loss_fn: LossFn,
     conv: ConvMode,
+    clone: set[int],
     *,
     exhaustive: bool,
-) -> list[_Watched]:
-    """One forward and one backward pass; each module's squared norms are computed (and its
-    activations released) as soon as the gradients of all its calls have arrived."""
+) -> tuple[list[_Unit], set[int]]:
+    """One forward and one backward pass; each unit's squared norms are computed (and its
+    activations released) as soon as the gradients of all its calls' outputs have arrived.
+    Returns the units and the modules (by id) whose inputs must be copied on a new pass (they
+    overwrite their own input: empty when none does)."""
     batch = len(labels)
-    watched = [_Watched(name, module) for name, module in selected]
+    params = {id(p): p for _, m in selected for p in m.parameters(recurse=False)}
+    trace, losses = _trace(model, inputs, labels, params, loss_fn, clone)
+    if losses is None or losses.shape != (batch,):
+        got = None if losses is None else tuple(losses.shape)
+        raise ValueError(
+            f"loss_fn must return one loss per sample, shape ({batch},); got {got} "
+            "(use reduction='none')"
+        )
+    units, unused = _plan(model, selected, trace)
+    redo = {
+        id(u.module)
+        for u in units
+        if u.kind == "fallback" and any(c.mutated_own_input for c in u.calls)
+    }
+    if redo - clone:
+        return units, redo - clone
+    live = [(u, c, i) for u in units for c in u.calls for i, e in enumerate(c.edges) if e]
+    for unit in units:
+        for call in unit.calls:
+            call.grads = [None] * len(call.edges)
     # The backward pass is led to the "root" calls, those whose input needs no gradient (the
     # first layers, embeddings): every output gradient above them is computed on the way, but no
     # other parameter gradient, and no gradient of the input batch.
-    x = inputs.detach()
-    handles = [w.module.register_forward_hook(_recorder(w, batch)) for w in watched]
-    try:
-        with torch.enable_grad():
-            losses = loss_fn(model(x), labels)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if losses.shape != (batch,):
-        raise ValueError(
-            f"loss_fn must return one loss per sample, shape ({batch},); got "
-            f"{tuple(losses.shape)} (use reduction='none')"
-        )
-    live = [(w, c) for w in watched for c in w.calls if c.edge is not None]
     roots: list[Tensor] = []
-    for w, call in live:
-        if call.root:  # its bias gradient is the cheapest way to reach it
-            bias = getattr(w.module, "bias", None)
-            if isinstance(bias, Tensor) and bias.requires_grad:
-                roots.append(bias)
-            else:
-                roots += [p for p in w.module.parameters(recurse=False) if p.requires_grad]
-    # Without a root among the chosen modules (a subset above unchosen layers), or on the second
-    # try, ask autograd for the chosen outputs' gradients themselves (kept until the end).
+    for unit in units:
+        for call in unit.calls:
+            if call.root and any(call.edges):  # its bias is the cheapest way to reach it
+                bias = unit.params.get("bias") if unit.kind != "fallback" else None
+                roots += [bias] if bias is not None else list(unit.params.values())
+    # Without a root among the units (a subset above unchosen layers), or on the second try, ask
+    # autograd for the units' output gradients themselves (kept until the end).
     exhaustive = exhaustive or not roots
-    orphans = [
-        p
-        for w in watched
-        if not w.calls  # never called: its weights must not have been used elsewhere either
-        for p in w.module.parameters(recurse=False)
-        if p.requires_grad
-    ]
     if exhaustive:
-        targets = [c.edge for _, c in live] + orphans
+        targets = [call.edges[i] for _, call, i in live] + unused
     else:
-        targets = roots + orphans
-        for w in watched:
-            w.pending = sum(1 for c in w.calls if c.edge is not None)
-        for w, call in live:
-            call.edge.node.register_prehook(_arrival(w, call, batch, conv))
+        targets = roots + unused
+        for unit in units:
+            unit.pending = sum(1 for c in unit.calls for e in c.edges if e is not None)
+        for unit, call, i in live:
+            call.edges[i].node.register_prehook(_arrival(unit, call, i, batch, conv))
     grads: tuple = ()
     if targets and losses.requires_grad:
         # The gradient of the summed loss w.r.t. a module's output is, row by row, the gradient
@@ -271,87 +578,64 @@ def _one_pass(
         # output tensor.
         grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True)
     if exhaustive:
-        for (_, call), grad in zip(live, grads, strict=False):
-            call.grad = None if grad is None else grad.detach()
-    orphan_grads = grads[len(grads) - len(orphans) :] if grads else [None] * len(orphans)
-    used = {id(p) for p, g in zip(orphans, orphan_grads, strict=True) if g is not None}
-    for w in watched:
-        if not w.calls and any(id(p) in used for p in w.module.parameters(recurse=False)):
-            raise ValueError(
-                f"the parameters of module {w.name!r} ({type(w.module).__name__}) receive a "
-                "gradient but the module itself is never called (its parent uses the weights "
-                "directly, as nn.MultiheadAttention does with out_proj): select the parent module "
-                "instead, or use pgd.gradients.scores.per_sample_grad_norms"
-            )
-        if exhaustive or not w.calls:
-            w.pending = 0
-            _finish(w, batch, conv)
-    return watched
+        for (_, call, i), grad in zip(live, grads, strict=False):
+            call.grads[i] = None if grad is None else grad.detach()
+    unused_grads = grads[len(grads) - len(unused) :] if grads else [None] * len(unused)
+    if any(g is not None and bool(g.ne(0).any()) for g in unused_grads):
+        raise ValueError(
+            "a chosen parameter receives a gradient although no operation pgd can follow used "
+            "it during the forward pass (a custom C++ operator, or a tensor derived from it "
+            f"outside the model): its per-sample gradient cannot be assigned. Use {_LOOP}."
+        )
+    for unit in units:
+        if exhaustive or (unit.result is None and not unit.pending):
+            unit.pending = 0
+            with torch.no_grad():
+                _finish(unit, batch, conv)
+    return units, set()
 
 
-def _recorder(watched: _Watched, batch: int) -> Callable:
-    def hook(module: nn.Module, args: tuple, output: object) -> None:
-        if not isinstance(output, Tensor):
-            raise ValueError(
-                f"module {watched.name!r} returns {type(output).__name__}, not a tensor; "
-                "per-sample norms support modules with one tensor output"
-            )
-        first = args[0] if args and isinstance(args[0], Tensor) else None
-        if first is None or first.shape[:1] != (batch,) or output.shape[:1] != (batch,):
-            got = None if first is None else tuple(first.shape)
-            raise ValueError(
-                f"module {watched.name!r} ({type(module).__name__}) received input of shape {got} "
-                f"for a batch of {batch}: per-sample norms need the batch as the first dimension "
-                "of every scored module's input and output (use "
-                "pgd.gradients.scores.per_sample_grad_norms for such models)"
-            )
-        edge = get_gradient_edge(output) if output.requires_grad else None
-        root = not any(isinstance(a, Tensor) and a.requires_grad for a in args)
-        args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        watched.calls.append(_Call(args, edge, root))
-
-    return hook
-
-
-def _arrival(watched: _Watched, call: _Call, batch: int, conv: ConvMode) -> Callable:
-    """Backward pre-hook of the node that produced ``call``'s output: keep the output gradient;
-    when the module's last call has its gradient, compute the module's norms."""
-    index = call.edge.output_nr
+def _arrival(unit: _Unit, call: _Call, index: int, batch: int, conv: ConvMode) -> Callable:
+    """Backward pre-hook of the node that produced output ``index`` of ``call``: keep the output
+    gradient; when the unit's last output gradient has arrived, compute its norms."""
+    edge = call.edges[index]
+    assert edge is not None
 
     def hook(grad_outputs: tuple) -> None:
-        grad = grad_outputs[index]
-        call.grad = None if grad is None else grad.detach()
-        watched.pending -= 1
-        if watched.pending == 0:
+        grad = grad_outputs[edge.output_nr]
+        call.grads[index] = None if grad is None else grad.detach()
+        unit.pending -= 1
+        if unit.pending == 0:
             with torch.no_grad():
-                _finish(watched, batch, conv)
+                _finish(unit, batch, conv)
 
     return hook
 
 
-def _finish(watched: _Watched, batch: int, conv: ConvMode) -> None:
-    watched.result = _module_sq_norms(watched, batch, conv)
-    for call in watched.calls:  # release the activations and gradients at once
-        call.args, call.grad = (), None
+def _finish(unit: _Unit, batch: int, conv: ConvMode) -> None:
+    for call in unit.calls:
+        if any(t._version != v for t, v in call.versions):
+            raise ValueError(
+                f"an input of module {unit.name!r} ({type(unit.module).__name__}) was modified "
+                "in place after the module read it (e.g. by a ReLU(inplace=True) or `x += ...` "
+                "further on): its per-sample gradient would be computed from the changed values. "
+                "Make that later operation out of place (inplace=False)."
+            )
+    unit.result = _unit_sq_norms(unit, batch, conv)
+    for call in unit.calls:  # release the activations and gradients at once
+        call.args, call.kwargs, call.grads, call.versions = (), {}, [], []
 
 
-def _module_sq_norms(watched: _Watched, batch: int, conv: ConvMode) -> Tensor:
-    module = watched.module
-    calls = [c for c in watched.calls if c.grad is not None]
-    ref = next(p for p in module.parameters(recurse=False) if p.requires_grad)
-    if not calls:  # the module did not influence the loss
+def _unit_sq_norms(unit: _Unit, batch: int, conv: ConvMode) -> Tensor:
+    ref = next(iter(unit.params.values()))
+    calls = [c for c in unit.calls if any(g is not None for g in c.grads)]
+    if not calls:  # the unit did not influence the loss (or ran under torch.no_grad())
         return torch.zeros(batch, device=ref.device, dtype=ref.dtype)
-    if isinstance(module, nn.Linear):
-        return _linear_sq_norms(module, calls)
-    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        return _conv_sq_norms(module, calls, conv)
-    if isinstance(module, _BatchNorm):
-        return _batchnorm_sq_norms(module, calls)
-    if isinstance(module, _NORMS):
-        return _norm_sq_norms(module, calls)
-    if isinstance(module, nn.Embedding) and not module.scale_grad_by_freq:
-        return _embedding_sq_norms(module, calls, batch)
-    return _functional_sq_norms(watched.name, module, calls)
+    if unit.kind == "fallback":
+        return _functional_sq_norms(unit, calls, batch)
+    module, include = unit.module, unit.include
+    single = [_Single(c.args[0], c.grads[0]) for c in calls]
+    return CLOSED_FORMS[unit.kind](module, single, include, conv, batch)
 
 
 def _joined(parts: list[Tensor], dim: int) -> Tensor:
@@ -360,8 +644,25 @@ def _joined(parts: list[Tensor], dim: int) -> Tensor:
 
 
 def _sq(t: Tensor) -> Tensor:
-    """Per-sample squared Euclidean norm: ``(B, ...) -> (B,)``, without a squared copy."""
-    return torch.linalg.vector_norm(t.flatten(1), dim=1).square()
+    """Per-sample squared Euclidean norm: ``(B, ...) -> (B,)`` (``(B,)`` too: a 0-dim
+    parameter's per-sample gradients), without a squared copy."""
+    return torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1).square()
+
+
+@dataclass
+class _Single:
+    """What a closed form reads of one call: the input and the output gradient."""
+
+    x: Tensor
+    grad: Tensor
+
+
+def _ghost(gram_a: Tensor, gram_g: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """``sum (gram_a * gram_g)`` over ``dims`` (the ghost norm), and which samples lost digits
+    to cancellation (terms :data:`GRAM_CONDITION` times larger than the sum, or a negative sum)."""
+    terms = gram_a * gram_g
+    total = terms.sum(dims)
+    return total, total * GRAM_CONDITION < terms.abs().sum(dims)
 
 
 # --- Linear -------------------------------------------------------------------------------------
@@ -377,22 +678,26 @@ def linear_mode(module: nn.Linear, positions: int) -> Literal["outer", "gram", "
     return "gram" if positions * (d_in + d_out) <= d_in * d_out else "materialise"
 
 
-def _linear_sq_norms(module: nn.Linear, calls: list[_Call]) -> Tensor:
+def _linear_sq_norms(
+    module: nn.Linear, calls: list[_Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
     # Every call and every extra dimension is one more "position" t of the same weight.
-    a = _joined([c.args[0].reshape(len(c.args[0]), -1, module.in_features) for c in calls], 1)
+    a = _joined([c.x.reshape(len(c.x), -1, module.in_features) for c in calls], 1)
     g = _joined([c.grad.reshape(len(c.grad), -1, module.out_features) for c in calls], 1)
-    mode = linear_mode(module, a.shape[1])
-    if mode == "outer":
-        weight = _sq(a) * _sq(g)
-    elif mode == "gram":
-        weight = (a @ a.transpose(1, 2) * (g @ g.transpose(1, 2))).sum((1, 2))
-    else:
-        weight = _sq(g.transpose(1, 2) @ a)
-    if module.weight.requires_grad is False:
-        weight = torch.zeros_like(weight)
-    if module.bias is not None and module.bias.requires_grad:
-        weight = weight + _sq(g.sum(1))
-    return weight
+    total = torch.zeros(len(g), device=g.device, dtype=g.dtype)
+    if id(module.weight) in include:
+        mode = linear_mode(module, a.shape[1])
+        if mode == "outer":
+            total = _sq(a) * _sq(g)
+        elif mode == "gram":
+            total, lost = _ghost(a @ a.transpose(1, 2), g @ g.transpose(1, 2), (1, 2))
+            if lost.any():  # those samples from their materialised gradients
+                total[lost] = _sq(g[lost].transpose(1, 2) @ a[lost])
+        else:
+            total = _sq(g.transpose(1, 2) @ a)
+    if module.bias is not None and id(module.bias) in include:
+        total = total + _sq(g.sum(1))
+    return total
 
 
 # --- Convolutions -------------------------------------------------------------------------------
@@ -477,35 +782,41 @@ def _as_2d(module: _ConvNd, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor, tuple
     return x, g, module.kernel_size, module.dilation, module.stride
 
 
-def _conv_sq_norms(module: _ConvNd, calls: list[_Call], conv: ConvMode) -> Tensor:
-    total = None
-    if module.weight.requires_grad:
+def _conv_sq_norms(
+    module: _ConvNd, calls: list[_Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
+    grad = calls[0].grad
+    total = torch.zeros(len(grad), device=grad.device, dtype=grad.dtype)
+    if id(module.weight) in include:
         positions = sum(int(torch.tensor(c.grad.shape[2:]).prod()) for c in calls)
-        pixels = _padded_pixels(module, calls[0].args[0].shape) if len(calls) == 1 else None
+        pixels = _padded_pixels(module, calls[0].x.shape) if len(calls) == 1 else None
         mode = conv_mode(module, positions, pixels) if conv == "auto" else conv
         if isinstance(module, nn.Conv3d):
             mode = "materialise"
+        lost = None
         if mode == "gram" and len(calls) == 1:
-            total = _conv_pixel_gram(module, calls[0])
+            total, lost = _conv_pixel_gram(module, calls[0])
         elif mode == "gram":
-            total = _conv_gram(module, calls)
+            total, lost = _conv_gram(module, calls)
         else:
-            per_sample = sum(_conv_weight_grads(module, c.args[0], c.grad) for c in calls)
-            total = _sq(per_sample)
-    if module.bias is not None and module.bias.requires_grad:
-        bias = _sq(sum(c.grad.flatten(2).sum(2) for c in calls))
-        total = bias if total is None else total + bias
+            total = _sq(sum(_conv_weight_grads(module, c.x, c.grad) for c in calls))
+        if lost is not None and lost.any():  # those samples from their materialised gradients
+            total[lost] = _sq(
+                sum(_conv_weight_grads(module, c.x[lost], c.grad[lost]) for c in calls)
+            )
+    if module.bias is not None and id(module.bias) in include:
+        total = total + _sq(sum(c.grad.flatten(2).sum(2) for c in calls))
     return total
 
 
-def _conv_pixel_gram(module: _ConvNd, call: _Call) -> Tensor:
+def _conv_pixel_gram(module: _ConvNd, call: _Single) -> tuple[Tensor, Tensor]:
     """Ghost norm of one call, ``sum_{l,m} (a_l . a_m)(g_l . g_m)``, without unfolding.
 
     The patch at output position ``l`` holds the pixels ``s l + d k`` for the taps ``k``, so
     ``a_l . a_m = sum_k P[s l + d k, s m + d k]`` where ``P`` is the Gram matrix of the padded
     input's pixels (channels summed): a sum of ``k`` strided views of ``P``, no copy of patches.
     """
-    x, g, kernel, dilation, stride = _as_2d(module, call.args[0], call.grad)
+    x, g, kernel, dilation, stride = _as_2d(module, call.x, call.grad)
     batch, groups = x.shape[0], module.groups
     height, width = x.shape[2:]
     out_h, out_w = g.shape[2:]
@@ -521,15 +832,15 @@ def _conv_pixel_gram(module: _ConvNd, call: _Call) -> Tensor:
     gram_a = gram_a.reshape(batch, groups, out_h * out_w, out_h * out_w)
     grads = g.reshape(batch, groups, -1, out_h * out_w)
     gram_g = grads.transpose(2, 3) @ grads
-    return (gram_a * gram_g).sum((1, 2, 3))
+    return _ghost(gram_a, gram_g, (1, 2, 3))
 
 
-def _conv_gram(module: _ConvNd, calls: list[_Call]) -> Tensor:
+def _conv_gram(module: _ConvNd, calls: list[_Single]) -> tuple[Tensor, Tensor]:
     """Ghost norm over the output positions of several calls, from unfolded input patches."""
     groups = module.groups
     patches, grads = [], []
     for call in calls:
-        x, g, kernel, dilation, stride = _as_2d(module, call.args[0], call.grad)
+        x, g, kernel, dilation, stride = _as_2d(module, call.x, call.grad)
         a = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (B, C_in * k, L)
         batch, positions = a.shape[0], a.shape[2]
         patches.append(a.reshape(batch, groups, -1, positions))
@@ -537,7 +848,7 @@ def _conv_gram(module: _ConvNd, calls: list[_Call]) -> Tensor:
     a, g = _joined(patches, 3), _joined(grads, 3)
     gram_a = a.transpose(2, 3) @ a  # (B, G, L, L)
     gram_g = g.transpose(2, 3) @ g
-    return (gram_a * gram_g).sum((1, 2, 3))
+    return _ghost(gram_a, gram_g, (1, 2, 3))
 
 
 def _conv_weight_grads(module: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
@@ -572,36 +883,50 @@ def _conv_weight_grads(module: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
 # --- Normalisation layers -----------------------------------------------------------------------
 
 
-def _affine_sq_norms(module: nn.Module, xhat_grads: Tensor, grads: Tensor) -> Tensor:
+def _affine_sq_norms(
+    module: nn.Module, xhat_grads: Tensor, grads: Tensor, include: set[int]
+) -> Tensor:
     total = torch.zeros(len(grads), device=grads.device, dtype=grads.dtype)
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    if weight is not None and weight.requires_grad:
+    if weight is not None and id(weight) in include:
         total = total + _sq(xhat_grads)
-    if bias is not None and bias.requires_grad:
+    if bias is not None and id(bias) in include:
         total = total + _sq(grads)
     return total
 
 
-def _batchnorm_sq_norms(module: _BatchNorm, calls: list[_Call]) -> Tensor:
+def _batchnorm_sq_norms(
+    module: _BatchNorm, calls: list[_Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
     # Eval mode: x̂ = (x - running_mean) / sqrt(running_var + eps), per channel (dimension 1), so
     # dL/dγ_c = sum_s g_cs x̂_cs = (sum_s g_cs x_cs - mean_c sum_s g_cs) / sqrt(var_c + eps):
-    # two reductions over the positions, no normalised copy of the input.
+    # two reductions over the positions, no normalised copy of the input. Where the two terms
+    # cancel (a mean far larger than the spread around it), the sample is summed centred, as the
+    # batch-norm backward does.
     gamma, beta = 0, 0
     scale = torch.rsqrt(module.running_var + module.eps)
+    mean = module.running_mean
     for call in calls:
-        x, g = call.args[0], call.grad
+        x, g = call.x, call.grad
         x3, g3 = x.reshape(len(x), x.shape[1], -1), g.reshape(len(g), g.shape[1], -1)
         g_sum = g3.sum(2)  # (B, C)
-        gx = (g3.unsqueeze(2) @ x3.unsqueeze(3)).flatten(1)  # (B, C): sum_s g x, by batched dot
-        gamma = gamma + (gx - module.running_mean * g_sum) * scale
+        shift = mean * g_sum
+        gx = (g3.unsqueeze(2) @ x3.unsqueeze(3)).flatten(1) - shift  # (B, C), by batched dot
+        lost = (shift.abs() > GRAM_CONDITION * gx.abs()).any(1)
+        if lost.any():
+            centred = x3[lost] - mean[:, None]
+            gx[lost] = (g3[lost].unsqueeze(2) @ centred.unsqueeze(3)).flatten(1)
+        gamma = gamma + gx * scale
         beta = beta + g_sum
-    return _affine_sq_norms(module, gamma, beta)
+    return _affine_sq_norms(module, gamma, beta, include)
 
 
-def _norm_sq_norms(module: nn.Module, calls: list[_Call]) -> Tensor:
+def _norm_sq_norms(
+    module: nn.Module, calls: list[_Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
     gamma, beta = 0, 0
     for call in calls:
-        x, g = call.args[0], call.grad
+        x, g = call.x, call.grad
         if isinstance(module, nn.GroupNorm):
             xhat = F.group_norm(x, module.num_groups, eps=module.eps)
             reduce = tuple(range(2, x.dim()))  # gamma, beta: (C,)
@@ -614,15 +939,17 @@ def _norm_sq_norms(module: nn.Module, calls: list[_Call]) -> Tensor:
             reduce = tuple(range(1, x.dim() - dims))
         gamma = gamma + ((g * xhat).sum(reduce) if reduce else g * xhat)
         beta = beta + (g.sum(reduce) if reduce else g)
-    return _affine_sq_norms(module, gamma, beta)
+    return _affine_sq_norms(module, gamma, beta, include)
 
 
 # --- Embedding ----------------------------------------------------------------------------------
 
 
-def _embedding_sq_norms(module: nn.Embedding, calls: list[_Call], batch: int) -> Tensor:
+def _embedding_sq_norms(
+    module: nn.Embedding, calls: list[_Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
     """Add up ``g_bt`` per (sample, token) with ``index_add``, then per-sample squared norms."""
-    idx = torch.cat([c.args[0].reshape(batch, -1) for c in calls], 1)
+    idx = torch.cat([c.x.reshape(batch, -1) for c in calls], 1)
     g = torch.cat([c.grad.reshape(batch, -1, module.embedding_dim) for c in calls], 1)
     if module.padding_idx is not None:  # that row never receives a gradient
         g = g * (idx != module.padding_idx).unsqueeze(-1).to(g.dtype)
@@ -635,87 +962,147 @@ def _embedding_sq_norms(module: nn.Embedding, calls: list[_Call], batch: int) ->
     return g.new_zeros(batch).index_add_(0, owner, rows.pow(2).sum(1))
 
 
-# --- Anything else: torch.func on the module alone ----------------------------------------------
+#: Closed form -> ``(module, calls, included parameter ids, conv mode, batch) -> (B,)``
+#: squared norms.
+CLOSED_FORMS: dict[str, Callable[..., Tensor]] = {
+    "linear": _linear_sq_norms,
+    "conv": _conv_sq_norms,
+    "batchnorm": _batchnorm_sq_norms,
+    "norm": _norm_sq_norms,
+    "embedding": _embedding_sq_norms,
+}
 
 
-def _functional_sq_norms(name: str, module: nn.Module, calls: list[_Call]) -> Tensor:
-    kind = type(module).__name__
-    if kind not in _WARNED:
-        _WARNED.add(kind)
+# --- Anything else: torch.func on the unit's calls ----------------------------------------------
+
+
+def _functional_sq_norms(unit: _Unit, calls: list[_Call], batch: int) -> Tensor:
+    """Per-sample gradients of the unit's parameters by ``vmap`` of a vector-Jacobian product of
+    each call, one sample at a time; refused unless the outputs computed sample by sample equal
+    the batched ones (samples that interact, or an input that is not batch-first, would make the
+    per-sample gradients wrong)."""
+    module, label = unit.module, f"{unit.name or 'the model'!r} ({type(unit.module).__name__})"
+    key = f"{type(module).__name__}: {unit.reason}"
+    if key not in _WARNED:  # once per kind of module and reason
+        _WARNED.add(key)
         warnings.warn(
-            f"no closed form for {kind} (module {name!r}): its per-sample gradients are "
-            "materialised with torch.func (exact, but slower and B x its parameters in memory)",
-            stacklevel=4,
+            f"{unit.reason} (module {unit.name or 'the model'!r}): the per-sample gradients of "
+            f"{', '.join(unit.params)} are materialised with torch.func (exact, but slower and "
+            "B x their size in memory)",
+            stacklevel=5,
         )
-    params = {n: p.detach() for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+    params = {name: p.detach() for name, p in unit.params.items()}
     total: dict[str, Tensor] | None = None
     for call in calls:
-        batch = len(call.grad)
-        dims = tuple(
-            0 if isinstance(a, Tensor) and a.dim() and a.shape[0] == batch else None
-            for a in call.args
+        leaves, spec = tree_flatten((call.args, call.kwargs))
+        batched = [
+            i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.dim() and len(t) == batch
+        ]
+        cotangents = tuple(
+            g if g is not None else torch.zeros(shape, dtype=dtype, device=_device_of(call))
+            for g, (shape, dtype) in zip(call.grads, call.shapes, strict=True)
         )
 
-        def one_sample(grad_out: Tensor, *args: object, dims: tuple = dims) -> dict[str, Tensor]:
-            def forward(weights: dict[str, Tensor]) -> Tensor:
-                batched = tuple(
-                    a.unsqueeze(0) if d == 0 else a for a, d in zip(args, dims, strict=True)
+        def run(weights: dict[str, Tensor], rows: tuple, leaves=leaves, spec=spec, batched=batched):
+            filled = list(leaves)
+            for i, row in zip(batched, rows, strict=True):
+                filled[i] = row
+            args, kwargs = tree_unflatten(filled, spec)
+            out = functional_call(module, weights, tuple(args), kwargs)
+            return tuple(
+                t for t in (out if isinstance(out, tuple | list) else (out,)) if t is not None
+            )
+
+        def one_sample(cots: tuple, *rows: Tensor, run=run) -> tuple:
+            # Copies made inside the transformed function, so that a module that writes into its
+            # input (timm's LayerScale with inplace=True) writes into a tensor of its own.
+            rows = tuple(r.unsqueeze(0) for r in rows)
+            out, pullback = vjp(lambda w: run(w, tuple(r.clone() for r in rows)), params)
+            return out, pullback(tuple(c.unsqueeze(0) for c in cots))[0]
+
+        with warnings.catch_warnings():  # torch's note that some operator has no batching rule
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            outs, grads = vmap(one_sample)(cotangents, *(leaves[i] for i in batched))
+        expected = run(params, tuple(leaves[i].clone() for i in batched))
+        for got, want in zip(outs, expected, strict=True):
+            got = got.reshape(want.shape)
+            if not torch.allclose(
+                got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-12
+            ):
+                raise ValueError(
+                    f"module {label}: its output computed one sample at a time differs from its "
+                    "output on the batch, so its samples interact (batch statistics, attention "
+                    "across the batch) or one of its inputs is not batch-first. Per-sample "
+                    f"gradients cannot be computed from its calls; use {_LOOP}."
                 )
-                return functional_call(module, weights, batched)
-
-            _, pullback = vjp(forward, params)
-            return pullback(grad_out.unsqueeze(0))[0]
-
-        grads = vmap(one_sample, in_dims=(0, *dims))(call.grad, *call.args)
         total = grads if total is None else {k: total[k] + grads[k] for k in grads}
     assert total is not None
     return sum(_sq(g) for g in total.values())
 
 
+def _device_of(call: _Call) -> torch.device:
+    """The device of ``call``'s first tensor input."""
+    return next(
+        t for t in tree_flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor)
+    ).device
+
+
+# --- What is computed how -------------------------------------------------------------------------
+
+
 def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
-    """Per scored module: its name, type, number of parameters and the exact form used for it.
+    """Per unit of :func:`grad_norms`: the module, its type, its number of scored parameters and
+    how their per-sample norms are computed (a closed form, with the form chosen for this input
+    size, or ``torch.func`` and why).
 
-    One forward pass of the first sample of ``inputs`` finds each module's output size.
+    One forward pass (no backward) of ``inputs`` (a few samples are enough: the batch size only
+    has to be recognisable) finds each module's calls and where every parameter is used.
+
+    Raises:
+        ValueError: what :func:`grad_norms` would refuse before its backward pass.
     """
-    rows, sizes = [], {}
+    _check_no_batch_mixing(model)
     selected = select_modules(model)
-
-    def size_of(name: str):
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            # positions per sample: sequence length for a Linear, output map size for a conv
-            per_sample = out[0].numel()
-            channels = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
-            positions = per_sample // channels if out.dim() > 1 else 1
-            conv = isinstance(module, nn.Conv1d | nn.Conv2d)
-            pixels = _padded_pixels(module, args[0].shape) if conv else None
-            sizes.setdefault(name, (positions, pixels))
-
-        return hook
-
-    handles = [m.register_forward_hook(size_of(name)) for name, m in selected]
-    try:
-        with torch.no_grad():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    for name, module in selected:
-        count = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
-        positions, pixels = sizes.get(name, (1, None))
-        if isinstance(module, nn.Linear):
+    params = {id(p): p for _, m in selected for p in m.parameters(recurse=False)}
+    # With gradients enabled, as in grad_norms: some modules (nn.MultiheadAttention) take a
+    # fused path without them, which reads their children's weights directly.
+    with torch.inference_mode(False), torch.enable_grad():
+        trace, _ = _trace(model, inputs, None, params, default_loss, set())
+    units, _ = _plan(model, selected, trace)
+    rows = []
+    for unit in units:
+        count = sum(p.numel() for p in unit.params.values())
+        module, calls = unit.module, unit.calls
+        per_call = [
+            (c.shapes[0][0][1:].numel() // c.shapes[0][0][-1] if len(c.shapes[0][0]) > 1 else 1)
+            for c in calls
+            if c.shapes
+        ]
+        if unit.kind == "linear":
+            positions = sum(per_call)
             mode = linear_mode(module, positions)
+            calls_text = f", {len(calls)} calls" if len(calls) > 1 else ""
             method = (
-                "outer product: |a| |g|" if mode == "outer" else f"{mode} ({positions} positions)"
+                "outer product |a| |g|"
+                if mode == "outer"
+                else f"{mode} ({positions} positions{calls_text})"
             )
-        elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        elif unit.kind == "conv":
+            positions = sum(c.shapes[0][0][2:].numel() for c in calls)
+            pixels = _padded_pixels(module, calls[0].args[0].shape) if len(calls) == 1 else None
             method = f"{conv_mode(module, positions, pixels)} ({positions} positions)"
-        elif isinstance(module, (_BatchNorm, *_NORMS)):
+        elif unit.kind in ("batchnorm", "norm"):
             method = "closed form (normalised input)"
-        elif isinstance(module, nn.Embedding) and not module.scale_grad_by_freq:
+        elif unit.kind == "embedding":
             method = "sum per token"
         else:
-            method = "torch.func fallback"
+            method = f"torch.func fallback: {unit.reason}"
         rows.append(
-            {"module": name, "type": type(module).__name__, "params": count, "method": method}
+            {
+                "module": unit.name or "(the model)",
+                "type": type(module).__name__,
+                "params": count,
+                "method": method,
+            }
         )
     return rows

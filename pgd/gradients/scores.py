@@ -19,6 +19,7 @@ from :mod:`pgd.gradients.grad_norms`: exact too, at the price of one backward pa
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..datasets.base import batch_loader
 from ..models import last_linear
@@ -135,6 +137,8 @@ def grad_norm_scores(
     include_bias: bool = False,
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    progress: bool | None = False,
+    desc: str = "scoring",
 ) -> Tensor:
     """PGD's scores for every sample of ``data``: per-sample gradient norms of the loss.
 
@@ -153,6 +157,8 @@ def grad_norm_scores(
             :func:`closed_form_grad_norms`).
         batch_size: batch size when ``data`` is a dataset.
         device: where to compute (default: where the model is).
+        progress: a progress bar over the batches (None: unless ``$PGD_PROGRESS`` is 0).
+        desc: its label.
 
     Returns:
         ``(N,)`` float32 CPU tensor; entry ``i`` belongs to the sample with index ``i``.
@@ -164,7 +170,8 @@ def grad_norm_scores(
     model.eval()
     indices, norms = [], []
     try:
-        for images, labels, _bias, index in loader:
+        show = progress if progress is not None else os.environ.get("PGD_PROGRESS", "1") != "0"
+        for images, labels, _bias, index in tqdm(loader, desc=desc, unit="batch", disable=not show):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device)
             if layers == "last":

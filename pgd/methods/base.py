@@ -70,10 +70,19 @@ class Trainer:
     def num_classes(self) -> int:
         return self.data.train.num_classes
 
+    def build_model(self, pretrained: bool | None = None) -> nn.Module:
+        """A network for this data (its classes and input shape), as the generators stand."""
+        return build_model(
+            self.model,
+            num_classes=self.num_classes,
+            pretrained=self.pretrained if pretrained is None else pretrained,
+            input_shape=getattr(self.data, "input_shape", None),
+        )
+
     def fresh_model(self) -> nn.Module:
         """A newly initialised network, after seeding every generator with the run's seed."""
         seed_everything(self.seed)
-        return build_model(self.model, num_classes=self.num_classes, pretrained=self.pretrained)
+        return self.build_model()
 
     def generator(self) -> torch.Generator:
         """A random generator seeded with the run's seed (for samplers)."""

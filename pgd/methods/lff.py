@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from ..core.params import Param
 from ..core.runtime import seed_everything
-from ..models import build_model
 from ..training.loop import GeneralizedCELoss, Objective
 from .base import MethodOutcome, MethodSpec, Trainer
 
@@ -107,11 +106,7 @@ def run(trainer: Trainer) -> MethodOutcome:
     """Both networks trained together (:class:`LfFObjective`); the outcome's model is the pair,
     whose output is the debiased network's."""
     seed_everything(trainer.seed)
-    classes, pretrained = trainer.num_classes, trainer.pretrained
-    pair = LfFPair(
-        build_model(trainer.model, num_classes=classes, pretrained=pretrained),
-        build_model(trainer.model, num_classes=classes, pretrained=pretrained),
-    )
+    pair = LfFPair(trainer.build_model(), trainer.build_model())
     params = trainer.params
     objective = LfFObjective(len(trainer.data.train), q=params["lff_q"], ema=params["lff_ema"])
     result = trainer.train_stage(

@@ -23,7 +23,6 @@ from ..core.params import Param
 from ..core.runtime import seed_everything
 from ..datasets.base import without_augmentation
 from ..gradients.scores import SCORE_LAYERS, check_score_options, grad_norm_scores
-from ..models import build_model
 from ..training.loop import TrainResult
 from .base import MethodOutcome, MethodSpec, Trainer
 from .sampling import importance_sampler
@@ -55,7 +54,7 @@ def train_debiased(trainer: Trainer, biased: nn.Module, scores: Tensor) -> Train
     epoch, probability proportional to the score, no reweighting), selection on validation loss.
     """
     if trainer.params["debiased_init"] == "biased":
-        model = build_model(trainer.model, num_classes=trainer.num_classes)  # weights below
+        model = trainer.build_model(pretrained=False)  # its weights are replaced below
         model.load_state_dict(biased.state_dict())
         seed_everything(trainer.seed)
     else:

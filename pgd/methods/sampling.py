@@ -9,6 +9,9 @@ gradient with less variance.
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import WeightedRandomSampler
@@ -81,3 +84,72 @@ def expected_distinct(probs: Tensor, draws: int | None = None) -> float:
     probs = torch.as_tensor(probs, dtype=torch.float64)
     n = len(probs) if draws is None else int(draws)
     return float((1 - torch.exp(n * torch.log1p(-probs.clamp(max=1 - 1e-16)))).sum())
+
+
+#: Below this many effective samples, a resampled epoch is mostly the same few images repeated:
+#: a few dozen images cannot show a class's variation, and each is drawn N / ESS times an epoch.
+SMALL_EFFECTIVE_SAMPLE_SIZE = 100
+
+
+def sampling_diagnostics(
+    probs: Tensor,
+    *,
+    labels: Tensor | None = None,
+    bias_labels: Tensor | None = None,
+    draws: int | None = None,
+) -> dict:
+    """How concentrated sampling with probabilities ``probs`` is.
+
+    Args:
+        probs: ``(N,)`` sampling probabilities (summing to 1).
+        labels, bias_labels: ``(N,)``; with both (evaluation only, never used to train), the mass
+            and size of every (label, bias) group.
+        draws: draws per epoch (default ``N``).
+
+    Returns:
+        ``samples`` (N); ``effective_sample_size`` ``1 / sum p_i^2`` (N for uniform sampling, 1
+        when one sample takes everything) and its ``effective_share`` of N;
+        ``distinct_per_epoch``, the expected number of different samples among the draws of one
+        epoch; ``top1pct_mass``, the probability on the top 1% of samples (at least one);
+        ``group_mass``: ``[{label, bias, samples, mass, conflicting}]`` when both label tensors
+        are given.
+    """
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    n = len(p)
+    ess = float(1.0 / p.pow(2).sum())
+    top = max(1, math.ceil(n / 100))
+    out: dict = {
+        "samples": n,
+        "effective_sample_size": ess,
+        "effective_share": ess / n,
+        "distinct_per_epoch": expected_distinct(p, draws),
+        "top1pct_mass": float(p.topk(top).values.sum()),
+    }
+    if labels is not None and bias_labels is not None:
+        frame = pd.DataFrame(
+            {"label": labels.numpy(), "bias": bias_labels.numpy(), "mass": p.numpy()}
+        )
+        groups = frame.groupby(["label", "bias"]).agg(
+            samples=("mass", "size"), mass=("mass", "sum")
+        )
+        groups = groups.reset_index()
+        groups["conflicting"] = groups["label"] != groups["bias"]
+        out["group_mass"] = [
+            {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in groups.to_dict(orient="records")
+        ]
+    return out
+
+
+def small_sample_warning(diagnostics: dict) -> str | None:
+    """A sentence when the effective sample size is below
+    :data:`SMALL_EFFECTIVE_SAMPLE_SIZE`, else None."""
+    ess = diagnostics["effective_sample_size"]
+    if ess >= SMALL_EFFECTIVE_SAMPLE_SIZE:
+        return None
+    n = diagnostics["samples"]
+    return (
+        f"the sampling concentrates on about {ess:.0f} effective samples of {n:,} (each drawn "
+        f"about {n / ess:.0f} times an epoch): the resampled model will mostly see the same few "
+        "images again and again. Look at them before trusting its accuracy."
+    )

@@ -1,5 +1,5 @@
-"""The networks of the book: the MLP and small CNN of the Colored MNIST experiments, and
-torchvision's ResNet-18 for CelebA and BFFHQ.
+"""The networks of the book: the MLP and small CNN of the Colored MNIST experiments,
+torchvision's ResNet-18 for CelebA and BFFHQ, and a small Vision Transformer for chapter 3.
 
 Every model ends in an ``nn.Linear`` mapping features to class logits (``classifier`` for the MLP
 and the CNN, ``fc`` for ResNet-18; :func:`last_linear` finds it): PGD's score is the gradient norm
@@ -100,12 +100,68 @@ def resnet18(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
     return model
 
 
+class PositionEmbedding(nn.Module):
+    """A learned embedding added to every token: ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, tokens: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.weight
+
+
+class TinyViT(nn.Module):
+    """A small Vision Transformer, to show per-sample gradient norms on attention (chapter 3 and
+    ``benchmarks/``; not one of the training options of :data:`MODELS`).
+
+    ``patch`` x ``patch`` patches embedded by a strided convolution, a learned position
+    embedding, ``depth`` pre-norm ``nn.TransformerEncoderLayer`` blocks (batch first, no
+    dropout), a final LayerNorm, mean pooling over the tokens and a linear head. Input
+    ``(B, 3, image_size, image_size)``, output ``(B, num_classes)`` logits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        patch: int = 4,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, dim, patch, stride=patch)
+        self.position = PositionEmbedding((image_size // patch) ** 2, dim)
+        self.blocks = nn.Sequential(
+            *(
+                nn.TransformerEncoderLayer(
+                    dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+                )
+                for _ in range(depth)
+            )
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # (B, T, dim)
+        return self.classifier(self.norm(self.blocks(self.position(tokens))).mean(1))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "resnet18": resnet18}
 
 
-def build_model(name: str, num_classes: int = 10, pretrained: bool = False) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int = 10,
+    pretrained: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+) -> nn.Module:
     """A freshly initialised model by name (``mlp``, ``cnn`` or ``resnet18``); ``pretrained``
-    (ResNet-18 only) starts from ImageNet weights.
+    (ResNet-18 only) starts from ImageNet weights; ``input_shape`` ``(C, H, W)`` sizes the MLP's
+    first layer (default 3 x 28 x 28; the convolutional networks take any size).
 
     Raises:
         ValueError: unknown model name, or ``pretrained`` for a model that has no such weights.
@@ -116,6 +172,8 @@ def build_model(name: str, num_classes: int = 10, pretrained: bool = False) -> n
         return resnet18(num_classes=num_classes, pretrained=pretrained)
     if pretrained:
         raise ValueError(f"only resnet18 has pretrained weights, not {name!r}")
+    if key == "mlp" and input_shape is not None:
+        return MLP(num_classes=num_classes, in_features=int(torch.Size(input_shape).numel()))
     return MODELS[key](num_classes=num_classes)
 
 
