@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PGD_PROFILE ?= full
 
-.PHONY: setup book test lint unit notebooks book-strict execute bench student clean clean-runs fashion-mnist
+.PHONY: setup book test lint unit notebooks book-strict execute bench grid student clean clean-runs fashion-mnist
 
 setup: $(STAMP)
 
@@ -67,6 +67,24 @@ execute: setup fashion-mnist
 		PGD_PROFILE=$(PGD_PROFILE) PGD_PROGRESS=0 PGD_RUNS=$(CURDIR)/_build/runs-$(PGD_PROFILE) \
 			$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=-1 "$$nb"; \
+	done
+
+# Chapter 7's comparison grids (hours on a CPU; resumable: run it again after an interruption).
+# Checkpoints go to _build/runs-full, shared with the chapters; the tidy results are copied to
+# benchmarks/results/, which chapter 7 reads.
+GRID_RUNS := $(CURDIR)/_build/runs-full
+grid: setup
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset cmnist \
+		--digits auto --ratios 0.005,0.01,0.05 --methods all --seeds 3 --schedules full,quick \
+		--protocols shared,own --selection all --no-progress --out $(GRID_RUNS)/compare/cmnist
+	for ds in celeba bffhq; do \
+		PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset $$ds --stand-in \
+			--methods all --seeds 3 --schedules full --epochs 8 --model cnn --image-size 48 \
+			--selection all --no-progress --out $(GRID_RUNS)/compare/$$ds-stand-in || exit 1; \
+	done
+	for g in cmnist celeba-stand-in bffhq-stand-in; do \
+		cp $(GRID_RUNS)/compare/$$g/results.csv benchmarks/results/compare_$$(echo $$g | tr - _).csv; \
+		cp $(GRID_RUNS)/compare/$$g/tuning.csv benchmarks/results/compare_$$(echo $$g | tr - _)_tuning.csv; \
 	done
 
 # BackPACK and Opacus are compared against, not used: they live in the `bench` extra only.

@@ -91,10 +91,18 @@ def write_celeba_layout(
     return folder, truth
 
 
-def write_bffhq_layout(root: Path, per_group: int = 3, pct: str = "0.5pct") -> Path:
+def write_bffhq_layout(
+    root: Path,
+    per_group: int = 3,
+    pct: str = "0.5pct",
+    *,
+    aligned: int | None = None,
+    size: int = 128,
+) -> Path:
     """Write BFFHQ's distributed layout under ``root/bffhq`` with small random PNG faces:
-    ``<pct>/align/<t>/<id>_<t>_<t>.png``, ``<pct>/conflict/<t>/<id>_<t>_<b>.png`` (b != t),
-    ``valid/`` and ``test/`` with every group."""
+    ``<pct>/align/<t>/<id>_<t>_<t>.png`` (``aligned`` per class, default ``3 * per_group``),
+    ``<pct>/conflict/<t>/<id>_<t>_<b>.png`` (b != t), ``valid/`` and ``test/`` with every
+    group; ``size`` x ``size`` pixels."""
     rng = np.random.default_rng(0)
     folder = root / "bffhq"
     number = 0
@@ -103,11 +111,11 @@ def write_bffhq_layout(root: Path, per_group: int = 3, pct: str = "0.5pct") -> P
         nonlocal number
         number += 1
         where.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(where / f"{number:05d}_{t}_{b}.png")
 
     for t in (0, 1):
-        for _ in range(per_group * 3):
+        for _ in range(per_group * 3 if aligned is None else aligned):
             write(folder / pct / "align" / str(t), t, t)
         for _ in range(per_group):
             write(folder / pct / "conflict" / str(t), t, 1 - t)

@@ -330,4 +330,21 @@ def test_checkpoints_of_code_recorded_as_equivalent_are_accepted(tmp_path, monke
     record.write_text(f"# a comment\n{LEGACY_CODE} abc123  # proven\nabc123 {current}\n")
     assert runtime.equivalent_code_versions() == {LEGACY_CODE, "abc123"}
     identities = stage_fingerprints(config, _DATA, "biased")
-    assert "ffb4f431e52978d2" in identities and len(identities) == 3
+    assert "ffb4f431e52978d2" in identities and len(identities) == 5
+    # a checkpoint of the earlier code that counted `verify` in the identity is accepted too
+    assert _fingerprint(config, _DATA, "biased", "abc123", with_checks=True) in identities
+
+
+def test_how_thoroughly_files_are_checked_does_not_change_a_checkpoints_identity():
+    quick = ExperimentConfig(dataset="bffhq", stand_in=True, verify="quick")
+    full = ExperimentConfig(dataset="bffhq", stand_in=True, verify="full")
+    assert quick.record() != full.record()  # the run's JSON says how the files were checked
+    assert (
+        stage_fingerprints(quick, _DATA, "biased")[0]
+        == stage_fingerprints(full, _DATA, "biased")[0]
+    )
+    other = ExperimentConfig(dataset="bffhq", stand_in=True, seed=1)
+    assert (
+        stage_fingerprints(other, _DATA, "biased")[0]
+        != stage_fingerprints(quick, _DATA, "biased")[0]
+    )

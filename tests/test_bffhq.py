@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from layouts import write_bffhq_layout
 
 import pgd.datasets.bffhq as bffhq
@@ -96,16 +97,68 @@ def test_file_names_and_folders_must_agree(tmp_path):
 
 
 def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
-    counts = {
-        "train": {(0, 0): 8, (1, 1): 8, (0, 1): 1, (1, 0): 1},
-        "valid": {(0, 0): 1, (1, 1): 1, (0, 1): 1, (1, 0): 1},
-        "test": {(0, 0): 2, (1, 1): 2, (0, 1): 2, (1, 0): 2},
-    }
-    folder = bffhq.write_bffhq_stand_in(tmp_path / "bffhq", counts=counts, size=32)
+    folder = bffhq.write_bffhq_stand_in(
+        tmp_path / "bffhq",
+        size=32,
+        aligned={(0, 0): 8, (1, 1): 8},
+        conflicting={"0.5pct": 1, "1pct": 2},
+        evaluation={"valid": 1, "test": 2},
+    )
     names = {p.relative_to(folder).parts[:3] for p in folder.rglob("*.png")}
     assert ("0.5pct", "conflict", "1") in names and ("0.5pct", "align", "0") in names
+    assert ("1pct", "conflict", "0") in names
     assert all(bffhq.parse_labels(p) for p in folder.rglob("*.png"))
     data = bffhq.load_bffhq(tmp_path, image_size=32)  # the ordinary loader finds it
     assert data.source == "stand-in" and "STAND-IN" in data.description
     assert len(data.train) == 18 and len(data.test) == 8
+    rarer = bffhq.load_bffhq(tmp_path, ratio=0.01, image_size=32)
+    assert len(rarer.train) == 20
+    # the 1% folder holds the 0.5% folder's faces (linked) and two more conflicting ones
+    assert {Path(f).name for f in data.train.files} < {Path(f).name for f in rarer.train.files}
     assert Path(data.train.files[0]).suffix == ".png"
+
+
+def test_a_label_outside_zero_and_one_is_refused_naming_the_file(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=1)
+    victim = next((folder / "test").glob("*.png"))
+    stray = victim.with_name(victim.name.rsplit("_", 2)[0] + "_2_0.png")
+    victim.rename(stray)
+    with pytest.raises(ValueError, match=rf"{stray.name}: BFFHQ's labels are 0 or 1"):
+        bffhq.load_bffhq(tmp_path)
+
+
+def test_only_the_released_file_counts_make_a_full_dataset(tmp_path):
+    write_bffhq_layout(tmp_path, per_group=2)
+    with pytest.warns(UserWarning, match="distributed dataset has"):
+        data = bffhq.load_bffhq(tmp_path, image_size=32)
+    assert data.is_real and not data.is_full
+
+
+def test_a_rarer_ratio_is_derived_from_the_same_faces_by_links(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=4, aligned=250, size=8)
+    derived = bffhq.derive_rarer_ratio(folder, 0.004)
+    assert derived == folder / "0.4pct"
+    data = bffhq.load_bffhq(tmp_path, ratio=0.004, image_size=16, verify="off")
+    assert len(data.train) == 502 and int(data.train.is_conflicting.sum()) == 2
+    one = next((derived / "conflict" / "0").iterdir())
+    source = folder / "0.5pct" / "conflict" / "0" / one.name
+    assert one.stat().st_ino == source.stat().st_ino  # a link, not a copy
+    before = derived.stat().st_ino
+    assert bffhq.derive_rarer_ratio(folder, 0.004) == derived
+    assert derived.stat().st_ino == before  # reused, not written again
+
+
+def test_a_derived_ratio_must_be_rarer_than_its_source(tmp_path):
+    folder = write_bffhq_layout(tmp_path, per_group=2, size=8)
+    with pytest.raises(ValueError, match="only make the bias-conflicting images rarer"):
+        bffhq.derive_rarer_ratio(folder, 0.01)
+    with pytest.raises(ValueError, match="keeps no conflicting image of class 0"):
+        bffhq.derive_rarer_ratio(folder, 0.001)
+
+
+def test_keep_in_memory_false_decodes_per_item_as_for_full_size_data(tmp_path):
+    write_bffhq_layout(tmp_path, per_group=2, size=8)
+    kept = bffhq.load_bffhq(tmp_path, image_size=16, verify="off")
+    streamed = bffhq.load_bffhq(tmp_path, image_size=16, verify="off", keep_in_memory=False)
+    assert kept.train.pixels is not None and streamed.train.pixels is None
+    assert torch.equal(kept.test[0][0], streamed.test[0][0])  # the same evaluation image

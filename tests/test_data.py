@@ -200,15 +200,16 @@ def test_auto_falls_back_to_the_subset_loudly(no_mnist_download, tmp_path, capsy
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_torchvision_source_reads_mnist_files_in_the_real_layout(tmp_path, compress, monkeypatch):
-    write_mnist_raw(tmp_path, n_train=30, n_test=10, compress=compress)
-    datasets = pgd_torchvision().datasets
-    if compress:  # torchvision unpacks .gz files during its "download" step: keep it offline
-        monkeypatch.setattr(datasets.MNIST, "mirrors", [tmp_path.as_uri() + "/MNIST/raw/"])
-        monkeypatch.setattr(
-            datasets.MNIST, "resources", [(n, None) for n, _ in datasets.MNIST.resources]
-        )
+def test_torchvision_source_reads_mnist_files_copied_by_hand(
+    no_mnist_download, tmp_path, compress, capsys
+):
+    """The four files copied into MNIST/raw, as the error message says, gzipped or not: read
+    without the network (the .gz files are unpacked by pgd; torchvision reads unpacked ones)."""
+    raw = write_mnist_raw(tmp_path, n_train=30, n_test=10, compress=compress)
     digits = load_digits("torchvision", root=tmp_path)
+    if compress:
+        assert "unpacked train-images-idx3-ubyte.gz" in capsys.readouterr().out
+        assert (raw / "train-images-idx3-ubyte").is_file()
     assert digits.source == "torchvision" and digits.is_full_mnist
     assert digits.train_images.shape == (30, 28, 28) and digits.test_images.shape == (10, 28, 28)
     splits = make_colored_mnist(0.1, digits="torchvision", root=tmp_path)
@@ -248,3 +249,11 @@ def test_damaged_mnist_files_are_reported_with_the_folder_to_delete(tmp_path, no
     with pytest.raises(DataUnavailableError, match="could not be read") as caught:
         load_digits("torchvision", root=tmp_path)
     assert f"delete {raw}" in str(caught.value)
+
+
+def test_a_damaged_gzipped_mnist_file_copied_by_hand_is_named(no_mnist_download, tmp_path):
+    raw = write_mnist_raw(tmp_path, n_train=30, n_test=10, compress=True)
+    packed = raw / "t10k-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:-30])
+    with pytest.raises(DataUnavailableError, match=r"t10k-images-idx3-ubyte\.gz"):
+        load_digits("torchvision", root=tmp_path)

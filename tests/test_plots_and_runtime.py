@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -124,3 +126,77 @@ def test_resnet18_is_torchvisions_untrained_model():
     model = resnet18(num_classes=3).eval()
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
     assert type(model).__module__.startswith("torchvision")
+
+
+def test_warnings_print_briefly_without_the_file_they_came_from(capsys, monkeypatch):
+    import warnings
+
+    from pgd.core.runtime import ConcentratedSamplingWarning, show_warnings_briefly
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored afterwards
+    show_warnings_briefly()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("word " * 40, ConcentratedSamplingWarning, stacklevel=1)
+    shown = capsys.readouterr().err
+    assert shown.startswith("ConcentratedSamplingWarning: word")
+    assert ".py" not in shown and max(len(line) for line in shown.splitlines()) <= 92
+
+
+def test_paths_are_shown_relative_to_the_working_folder_or_home(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pgd.core.runtime import display_path
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert display_path(tmp_path / "work" / "runs" / "a") == "runs/a"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert display_path(tmp_path / "home" / "data") == "~/data"
+    assert display_path(Path("/usr/share")) == "/usr/share"
+
+
+def test_code_fingerprint_ignores_the_book_layer_and_nothing_else(tmp_path, monkeypatch):
+    import shutil
+
+    import pgd
+    from pgd.core import runtime
+
+    copy = tmp_path / "pgd"
+    shutil.copytree(Path(pgd.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def fingerprint() -> str:
+        runtime.code_fingerprint.cache_clear()
+        monkeypatch.setattr(runtime, "__file__", str(copy / "core" / "runtime.py"))
+        try:
+            return runtime.code_fingerprint()
+        finally:
+            monkeypatch.undo()
+            runtime.code_fingerprint.cache_clear()
+
+    original = fingerprint()
+    assert original == runtime.code_fingerprint()
+    with (copy / "book" / "plots.py").open("a") as file:
+        file.write("\n# a figure changed\n")
+    assert fingerprint() == original
+    with (copy / "training" / "loop.py").open("a") as file:
+        file.write("\n# the training loop changed\n")
+    assert fingerprint() != original
+
+
+def test_groups_are_named_in_the_words_of_the_data():
+    from types import SimpleNamespace
+
+    from pgd.book.notebook import name_groups
+
+    splits = SimpleNamespace(
+        class_names=["not Blond_Hair", "Blond_Hair"], bias_names=["Male", "not Male"]
+    )
+    table = pd.DataFrame({"label": [0, 1, 1], "bias": [0, 0, 1], "accuracy": [0.9, 0.5, 1.0]})
+    named = name_groups(table, splits)
+    assert named["group"].tolist() == [
+        "not Blond_Hair / Male",
+        "Blond_Hair / Male",
+        "Blond_Hair / not Male",
+    ]
+    assert named["accuracy"].tolist() == [0.9, 0.5, 1.0]  # the table itself is kept

@@ -71,6 +71,76 @@ def test_selection_keeps_the_epoch_of_lowest_validation_loss(cmnist):
     assert last.best_epoch == CNN_FAST.epochs - 1
 
 
+def test_every_selection_rule_keeps_the_weights_of_the_epoch_it_chose(cmnist, tmp_path):
+    from pgd.training.loop import group_mean_accuracy
+    from pgd.training.metrics import predict
+
+    train_set, valid_set = cmnist.train.head(400), cmnist.valid.head(100)
+    config = TrainConfig(**{**CNN_FAST.__dict__, "epochs": 4})
+
+    result = train(
+        _fresh(), train_set, valid_set, config, checkpoint=tmp_path / "c.pt", progress=False
+    )
+    history = result.history
+    expected = {
+        "last": 3,
+        "valid_loss": max(
+            i for i, v in enumerate(history["valid_loss"]) if v == history["valid_loss"].min()
+        ),
+        "valid_accuracy": max(
+            i
+            for i, v in enumerate(history["valid_accuracy"])
+            if v == history["valid_accuracy"].max()
+        ),
+        "valid_group_accuracy": max(
+            i
+            for i, v in enumerate(history["valid_group_accuracy"])
+            if v == history["valid_group_accuracy"].max()
+        ),
+    }
+    assert result.selected == expected
+    assert _weights_equal(result.selected_states["valid_loss"], result.model.state_dict())
+    final = load_checkpoint(tmp_path / "c.pt")
+    assert _weights_equal(result.selected_states["last"], final["model"])
+    # The recorded group accuracy is the one the kept weights give on the validation split.
+    rule = "valid_group_accuracy"
+    model = _fresh()
+    model.load_state_dict(result.selected_states[rule])
+    p = predict(model, valid_set)
+    assert group_mean_accuracy(p.correct, p.labels, p.bias_labels) == pytest.approx(
+        history[rule].iloc[result.selected[rule]]
+    )
+
+
+def test_group_mean_accuracy_averages_the_groups_present():
+    from pgd.training.loop import group_mean_accuracy
+
+    correct = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    bias = torch.tensor([0, 0, 1, 1, 1, 0])
+    # groups (0,0): 2/2, (0,1): 0/1, (1,1): 1/2, (1,0): 0/1
+    assert group_mean_accuracy(correct, labels, bias) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+
+
+def test_a_checkpoint_without_the_other_rules_leaves_them_unavailable(cmnist, tmp_path):
+    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
+    config = TrainConfig(epochs=2, batch_size=64)
+    train(_fresh(), train_set, valid_set, config, checkpoint=tmp_path / "c.pt", progress=False)
+    state = load_checkpoint(tmp_path / "c.pt")
+    del state["tracked"]  # as an earlier version of the code wrote it
+    atomic_save(state, tmp_path / "c.pt")
+    again = train(
+        _fresh(),
+        train_set,
+        valid_set,
+        config,
+        checkpoint=tmp_path / "c.pt",
+        resume=True,
+        progress=False,
+    )
+    assert again.selected == {} and again.best_epoch == state["best_epoch"]
+
+
 def _weights_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

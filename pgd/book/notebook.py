@@ -12,7 +12,16 @@ import pandas as pd
 import torch
 
 from ..core.profiles import Profile, get_profile
-from ..core.runtime import DATA_ENV, RUNS_ENV, data_root, provenance, resolve_device, runs_root
+from ..core.runtime import (
+    DATA_ENV,
+    RUNS_ENV,
+    data_root,
+    display_path,
+    provenance,
+    resolve_device,
+    runs_root,
+    show_warnings_briefly,
+)
 from .plots import use_book_style
 
 
@@ -55,11 +64,12 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
         found = f"no GPU: running on the CPU ({torch.get_num_threads()} threads)"
     env = NotebookEnv(profile, device, data_root(), runs_root(), colab)
     use_book_style()
+    show_warnings_briefly()
     pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
     print(f"{'Colab' if colab else 'local'} run; {found}")
     seeds = ", ".join(map(str, profile.seeds))
     print(f"profile {profile.name!r}: {profile.epochs} epochs per training stage; seeds {seeds}")
-    print(f"data in {env.data_root}; checkpoints in {env.runs_root}")
+    print(f"data in {display_path(env.data_root)}; checkpoints in {display_path(env.runs_root)}")
     return env
 
 
@@ -93,3 +103,14 @@ def benchmark_results(name: str = "per_sample_norms_cpu.csv") -> pd.DataFrame:
             f"benchmark results {name} are neither at {local} nor at {BENCHMARK_URL}: run "
             "`make bench` (or python benchmarks/per_sample_norms.py) in a clone of the repository"
         ) from error
+
+
+def name_groups(table: pd.DataFrame, splits) -> pd.DataFrame:
+    """``table`` (one row per group, columns ``label`` and ``bias``: a run's ``test_groups``, or
+    several stacked) with a ``group`` column "target / bias" in the words of ``splits``
+    (``class_names`` and ``bias_names``, e.g. "Blond_Hair / not Male")."""
+    names = [
+        f"{splits.class_names[t]} / {splits.bias_names[b]}"
+        for t, b in zip(table["label"].tolist(), table["bias"].tolist(), strict=True)
+    ]
+    return table.assign(group=names)

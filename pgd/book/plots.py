@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..datasets.cmnist import PALETTE
 from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from ..experiments.compare import LABELS, setting_label
 
 GROUP_COLOURS = {"bias-aligned": "#4C72B0", "bias-conflicting": "#DD8452"}
 
@@ -250,8 +251,14 @@ def _denormalise(image: torch.Tensor) -> torch.Tensor:
 
 
 def _group_label(t: int, b: int, class_names, bias_names) -> str:
+    """Target and bias on lines of their own, so that four groups fit side by side."""
     kind = "aligned" if t == b else "conflicting"
-    return f"{class_names[t]} / {bias_names[b]}\n(bias-{kind})"
+    return f"{class_names[t]}\n/ {bias_names[b]}\n(bias-{kind})"
+
+
+def _groups_in_order(labels: list[int], biases: list[int]) -> list[tuple[int, int]]:
+    """The (target, bias) pairs present, in the order of the group tables."""
+    return sorted(set(zip(labels, biases, strict=True)))
 
 
 def plot_image_groups(splits, split: str = "train", per_group: int = 6) -> Figure:
@@ -285,12 +292,13 @@ def plot_scores_by_group(
 ) -> plt.Axes:
     """PGD scores of every training sample, one dot each, one column per (target, bias) group
     (log scale), with the group's size in its label."""
+    labels, biases = dataset.labels.tolist(), dataset.bias_labels.tolist()
     frame = pd.DataFrame(
         {
             "score": scores.numpy(),
             "group": [
                 _group_label(t, b, class_names, bias_names)
-                for t, b in zip(dataset.labels.tolist(), dataset.bias_labels.tolist(), strict=True)
+                for t, b in zip(labels, biases, strict=True)
             ],
         }
     )
@@ -299,8 +307,13 @@ def plot_scores_by_group(
     positive = frame["score"][frame["score"] > 0]
     if not positive.empty:
         frame["score"] = frame["score"].clip(lower=float(positive.min()))
-    order = sorted(frame["group"].unique())
-    ax = ax or plt.subplots(figsize=(8, 3.8))[1]
+    order = [
+        f"{label}\nn = {sizes[label]:,}"
+        for label in (
+            _group_label(t, b, class_names, bias_names) for t, b in _groups_in_order(labels, biases)
+        )
+    ]
+    ax = ax or plt.subplots(figsize=(8, 4.2))[1]
     sns.stripplot(
         data=frame, x="group", y="score", order=order, log_scale=True, ax=ax, size=2, alpha=0.5
     )
@@ -328,10 +341,11 @@ def plot_group_accuracies(tables: dict[str, pd.DataFrame], class_names, bias_nam
                 }
             )
     frame = pd.DataFrame(rows)
-    ax = ax or plt.subplots(figsize=(8, 3.8))[1]
+    ax = ax or plt.subplots(figsize=(8, 4.2))[1]
     sns.barplot(data=frame, x="group", y="accuracy (%)", hue="method", ax=ax)
     ax.set_ylim(0, 100)
     ax.set_xlabel("")
+    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return ax
 
 
@@ -342,13 +356,15 @@ def plot_accuracy_vs_ratio(
     ax=None,
 ) -> plt.Axes:
     """Mean ``y`` against the bias-conflicting ratio (log scale), one line per method with the
-    standard deviation over seeds as a band; oracles (column ``oracle``) dashed. ``results``: the
-    tidy table of :func:`pgd.experiments.compare.run_grid`."""
+    standard deviation over seeds as a band; oracles (optional column ``oracle``) dashed.
+    ``results``: the tidy table of :func:`pgd.experiments.compare.run_grid`, or rows of
+    :meth:`pgd.experiments.pipeline.ExperimentResult.row`."""
     frame = results.assign(ratio_pct=100 * results["ratio"])
     if labels:
         frame["method"] = frame["method"].map(lambda m: labels.get(m, m))
     order = list(dict.fromkeys(frame["method"]))
-    oracle = dict(zip(frame["method"], frame["oracle"], strict=False))
+    flags = frame["oracle"] if "oracle" in frame else [False] * len(frame)
+    oracle = dict(zip(frame["method"], flags, strict=True))
     ax = ax or plt.subplots(figsize=(7.5, 4))[1]
     palette = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
     for method in order:
@@ -409,3 +425,42 @@ def plot_folder_examples(data, per_class: int = 6, conflicting: int = 2, seed: i
     fig.suptitle("training images per class (title: bias value from bias.csv; ✱ bias-conflicting)")
     fig.tight_layout()
     return fig
+
+
+def plot_settings(
+    results: pd.DataFrame,
+    *,
+    ratio: float | None,
+    methods: list[str],
+    metric: str = "accuracy",
+    ax=None,
+) -> plt.Axes:
+    """Mean ``metric`` (with one standard deviation over seeds) of each of ``methods`` under
+    every training setting of a comparison grid (schedule, protocol, selection rule), at one
+    conflicting ``ratio``: how much a method's number moves with the setting alone.
+    ``results``: the tidy table of :func:`pgd.experiments.compare.run_grid`."""
+    frame = results if ratio is None else results[results["ratio"] == ratio]
+    frame = frame[frame["method"].isin(methods)]
+    frame = frame.assign(
+        setting=frame.apply(setting_label, axis=1).str.replace(", ", "\n"),
+        method=frame["method"].map(LABELS),
+    )
+    order = list(dict.fromkeys(frame["setting"]))
+    ax = ax or plt.subplots(figsize=(max(7.5, 1.1 * len(order)), 4.2))[1]
+    sns.pointplot(
+        data=frame,
+        x="setting",
+        y=metric,
+        hue="method",
+        order=order,
+        errorbar="sd",
+        dodge=0.4,
+        linestyle="none",
+        markers="o",
+        palette="colorblind",
+        ax=ax,
+    )
+    ax.set_xlabel("schedule, protocol, selection rule")
+    ax.set_ylabel(metric.replace("_", " ") + " (%)")
+    ax.legend(fontsize="small", title=None)
+    return ax

@@ -11,6 +11,8 @@ import platform
 import random
 import subprocess
 import tempfile
+import textwrap
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,15 +93,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Layers left out of :func:`code_fingerprint`: nothing that trains or evaluates imports them
+#: (tests/test_architecture.py checks it), so editing a figure does not retire checkpoints.
+NOT_IN_FINGERPRINT = ("book",)
+
+
 @functools.cache
 def code_fingerprint() -> str:
-    """A short hash of this package's source, so that checkpoints of older code are not resumed.
+    """A short hash of the package's source that can change a result (every layer but the book
+    layer's figures and notebook helpers), so that checkpoints of older code are not resumed.
 
     Computed once per process, from the files as they were when first asked: a long run that
     outlives an edit of the package still reports the code it is running."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] in NOT_IN_FINGERPRINT:
+            continue
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -180,14 +190,54 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
 
 
 def loud_warning(title: str, *lines: str) -> str:
-    """Print ``title`` and ``lines`` in a box of exclamation marks, and return the text.
+    """Print ``title`` and ``lines`` (wrapped at 84 characters) in a box of exclamation marks,
+    and return the text.
 
     Used wherever a result would otherwise be mistaken for the real thing (data other than the
     real dataset, for instance). It goes to standard output so that notebooks keep it with their
     outputs and command-line logs keep it beside the results.
     """
-    body = [f"!! {title.upper()}", *(f"!! {line}" for line in lines)]
+    wrapped = [part for line in lines for part in textwrap.wrap(line, 84) or [""]]
+    body = [f"!! {title.upper()}", *(f"!! {line}" for line in wrapped)]
     width = max(len(line) for line in body) + 3
     text = "\n".join(["!" * width, *(line.ljust(width - 2) + "!!" for line in body), "!" * width])
     print(text, flush=True)
     return text
+
+
+class PGDWarning(UserWarning):
+    """A warning of the ``pgd`` package about a result (not about the code that called it)."""
+
+
+class ConcentratedSamplingWarning(PGDWarning):
+    """A resampling method draws from so few effective samples that the resampled model will
+    mostly see the same images again and again."""
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a reader should see it in printed output: relative to the working directory
+    when inside it, with ``~`` for the home folder, else as it is."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        pass
+    try:
+        return str(Path("~") / path.relative_to(Path.home()))
+    except (ValueError, RuntimeError):
+        return str(path)
+
+
+def show_warnings_briefly() -> None:
+    """Print warnings as ``Category: message``, wrapped at 92 characters, without the file name
+    and source line Python adds (in a notebook they name a temporary kernel file)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        import sys
+
+        text = textwrap.fill(
+            f"{category.__name__}: {message}", 92, subsequent_indent="  ", break_long_words=False
+        )
+        print(text, file=file or sys.stderr)
+
+    warnings.showwarning = show

@@ -142,7 +142,7 @@ class DataRequest:
     root: str | os.PathLike | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int | None = None
-    download: bool = False
+    download: bool | str = False
 
 
 @dataclass(frozen=True)

@@ -20,29 +20,32 @@ a reader can see for themselves.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.runtime import data_root
+from ..core.runtime import data_root, display_path
 from .archives import safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
+from .faces import render_face
 from .images import (
     IMAGE_SIZE_OPTION,
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
-    ImageFileDataset,
+    VERIFY_OPTION,
     ImageSplits,
     image_name_parts,
-    image_transforms,
+    image_splits,
     loader_workers,
     shuffled,
 )
-from .standins import is_stand_in, render_stand_in, stand_in_folder, stand_in_groups
+from .standins import is_stand_in, stand_in_folder, stand_in_groups
 
 ARCHIVES = ("bffhq.zip", "bffhq.tar", "bffhq.tar.gz", "bffhq.tgz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -56,7 +59,7 @@ HOW_TO_GET = (
     "bffhq/<pct>/align/<0|1>/*.png, bffhq/<pct>/conflict/<0|1>/*.png, bffhq/valid/*.png, "
     "bffhq/test/*.png, with file names <id>_<target>_<bias>.png."
 )
-_STAND_IN_VERSION = 1
+_STAND_IN_VERSION = 2
 
 
 def ratio_folder(ratio: float) -> str:
@@ -74,12 +77,18 @@ def parse_labels(path: str | os.PathLike) -> tuple[int, int]:
     try:
         if len(parts) < 3:
             raise ValueError
-        return int(parts[-2]), int(parts[-1])
+        target, bias = int(parts[-2]), int(parts[-1])
     except ValueError:
         raise ValueError(
             f"{path}: a BFFHQ file name must be <id>_<target>_<bias>.png (e.g. 00012_0_1.png); "
             "this folder is not laid out as the BFFHQ distributed with DFA. " + HOW_TO_GET
         ) from None
+    if not {target, bias} <= {0, 1}:
+        raise ValueError(
+            f"{path}: BFFHQ's labels are 0 or 1 (age young/old, gender), but this name says "
+            f"target {target}, bias {bias}. Rename or remove the file."
+        )
+    return target, bias
 
 
 def _is_bffhq(folder: Path) -> bool:
@@ -176,6 +185,73 @@ def _read_flat(folder: Path, root: Path) -> tuple[list[str], list[int], list[int
     return [str(p) for p in images], [t for t, _ in labels], [b for _, b in labels]
 
 
+DERIVED_MARKER = "DERIVED.json"
+
+
+def derive_rarer_ratio(
+    folder: str | os.PathLike, ratio: float, *, source: float = 0.005, seed: int = 0
+) -> Path:
+    """Write (once) the training folder of a rarer bias-conflicting ``ratio`` from the folder of
+    ``source``: every aligned image, and a seeded random subset of the conflicting images of each
+    class, as many as make ``ratio`` of the training set. Files are hard links (copies where the
+    file system has none), so nothing is decoded or duplicated; the folder is written beside the
+    others (``bffhq/0.25pct``) through a staging folder and carries a ``DERIVED.json`` marker.
+
+    The distributed BFFHQ has one training folder, ``0.5pct``; this makes the rarer ones a
+    scarcity study needs from the same faces.
+
+    Raises:
+        ValueError: ``ratio`` is not below the source's ratio (subsampling cannot make
+            conflicting images more common), or the subset would hold no image of a class.
+        DataUnavailableError: the source folder is missing.
+    """
+    folder = Path(folder)
+    if not 0 < ratio < source:
+        raise ValueError(
+            f"a derived ratio must lie between 0 and the source's {source:g}, got {ratio:g}: "
+            "subsampling can only make the bias-conflicting images rarer"
+        )
+    src, out = folder / ratio_folder(source), folder / ratio_folder(ratio)
+    settings = {"source": src.name, "ratio": ratio, "seed": seed}
+    marker = out / DERIVED_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return out
+    if out.exists() and not marker.is_file():
+        raise FileExistsError(f"{out} exists and was not derived by pgd; refusing to overwrite it")
+    if not src.is_dir():
+        raise DataUnavailableError(f"no {src.name} folder in {folder} to derive {out.name} from")
+    aligned = {c.name: _images(c) for c in sorted((src / "align").iterdir()) if c.is_dir()}
+    conflicting = {c.name: _images(c) for c in sorted((src / "conflict").iterdir()) if c.is_dir()}
+    n_aligned = sum(len(v) for v in aligned.values())
+    n_conflicting = sum(len(v) for v in conflicting.values())
+    keep_total = round(ratio / (1 - ratio) * n_aligned)
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for name, files in conflicting.items():
+        n = round(keep_total * len(files) / n_conflicting)
+        if n < 1:
+            raise ValueError(
+                f"ratio {ratio:g} keeps no conflicting image of class {name} "
+                f"({len(files)} of {n_conflicting} in {src.name}): choose a larger ratio"
+            )
+        keep[name] = [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
+    staging = folder / f".{out.name}.writing"
+    shutil.rmtree(staging, ignore_errors=True)
+    for kind, classes in (("align", aligned), ("conflict", keep)):
+        for name, files in classes.items():
+            (staging / kind / name).mkdir(parents=True)
+            for path in files:
+                target = staging / kind / name / path.name
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+    (staging / DERIVED_MARKER).write_text(json.dumps(settings))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return out
+
+
 def load_bffhq(
     root: str | os.PathLike | None = None,
     *,
@@ -184,6 +260,8 @@ def load_bffhq(
     stand_in: bool = False,
     workers: int = 0,
     order_seed: int = 0,
+    verify: str = "quick",
+    keep_in_memory: bool | None = None,
 ) -> ImageSplits:
     """BFFHQ as :class:`~pgd.datasets.images.ImageSplits`: train = align + conflict of the ``ratio``
     folder (``0.5pct``), valid, test; target age, bias gender (both 0/1, as in the file names).
@@ -191,10 +269,14 @@ def load_bffhq(
     Args:
         root: data root (default ``$PGD_DATA``), holding ``bffhq/`` or a ``bffhq`` archive.
         ratio: the bias-conflicting ratio whose training folder to use (distributed: 0.005).
-        image_size: side of the model's input (default 224; 64 for the stand-in).
+        image_size: side of the model's input (default 224; 48 for the stand-in).
         stand_in: use (and write if needed) the synthetic stand-in in ``<root>/stand-in/bffhq``.
         workers: DataLoader worker processes for these datasets.
         order_seed: seed of the one fixed shuffle of every split.
+        verify: check every image before training (see :func:`pgd.datasets.images.image_splits`).
+        keep_in_memory: decode every image once and keep it (None: when they fit in
+            :data:`~pgd.datasets.images.IMAGE_CACHE_BYTES`; False: decode per item, as for the
+            full-size real data, which is what a loading measurement should see).
 
     Raises:
         DataUnavailableError: folder or archive missing, or incomplete (says what was found and
@@ -223,27 +305,25 @@ def load_bffhq(
             stacklevel=2,
         )
     size = image_size or (REAL_IMAGE_SIZE if real else STAND_IN_IMAGE_SIZE)
-    train_tf = image_transforms("bffhq", size, train=True)
-    eval_tf = image_transforms("bffhq", size, train=False)
-    splits = {}
-    for split, (paths, t, b) in parts.items():
-        paths, labels, bias = shuffled(paths, torch.tensor(t), torch.tensor(b), seed=order_seed)
-        splits[split] = ImageFileDataset(
-            paths,
-            labels,
-            bias,
-            split,
-            train_tf if split == "train" else eval_tf,
-            eval_tf,
-            num_classes=int(max(max(p[1]) for p in parts.values())) + 1,
-            loader_workers=workers,
-        )
+    ordered = {
+        split: shuffled(paths, torch.tensor(t), torch.tensor(b), seed=order_seed)
+        for split, (paths, t, b) in parts.items()
+    }
+    splits = image_splits(
+        ordered,
+        "bffhq",
+        size,
+        workers=workers,
+        root=root,
+        verify=verify,
+        keep_in_memory=keep_in_memory,
+    )
     n = {s: len(d) for s, d in splits.items()}
-    what = "BFFHQ" if real else "BFFHQ STAND-IN (synthetic shapes in BFFHQ's file layout)"
+    what = "BFFHQ" if real else "BFFHQ STAND-IN (drawn faces in BFFHQ's file layout)"
     description = (
         f"{what}, target age, bias gender, {pct.name} ({n['train']:,} / {n['valid']:,} / "
         f"{n['test']:,} images, {found['conflict']} bias-conflicting in training), "
-        f"{size}x{size} pixels" + (f", from {folder}" if real else "")
+        f"{size}x{size} pixels" + (f", from {display_path(folder)}" if real else "")
     )
     return ImageSplits(
         train=splits["train"],
@@ -263,50 +343,91 @@ def load_bffhq(
     )
 
 
-#: Stand-in files per split and (target, bias) group: training keeps BFFHQ's 0.5% of
-#: bias-conflicting images; validation and test are group-balanced so that every group's
-#: accuracy can be measured.
-STAND_IN_COUNTS = {
-    "train": {(0, 0): 995, (1, 1): 995, (0, 1): 5, (1, 0): 5},
-    "valid": {(0, 0): 100, (1, 1): 100, (0, 1): 100, (1, 0): 100},
-    "test": {(0, 0): 200, (1, 1): 200, (0, 1): 200, (1, 0): 200},
-}
+#: Stand-in faces: the bias-aligned training faces (young women and old men; target age 0/1,
+#: bias gender 0/1, as in BFFHQ's file names), the bias-conflicting ones of each ratio folder
+#: (old women and young men; the 1pct and 2pct folders add faces to those of 0.5pct, so that
+#: rarer is a subset of less rare), and group-balanced validation and test splits, so that every
+#: group's accuracy is measured on 100 and 250 faces.
+STAND_IN_ALIGNED = {(0, 0): 4_975, (1, 1): 4_975}
+STAND_IN_CONFLICTING = {"0.5pct": 25, "1pct": 50, "2pct": 100}  # per conflicting group
+STAND_IN_EVAL = {"valid": 100, "test": 250}  # per group
+#: The control: group-balanced training faces, the same total as the 0.5pct folder.
+BALANCED_TRAIN = 2_500
 
 
 def write_bffhq_stand_in(
     folder: str | os.PathLike,
     *,
-    counts: dict[str, dict[tuple[int, int], int]] | None = None,
-    size: int = 128,
+    size: int = 96,
     seed: int = 0,
+    balanced: bool = False,
+    aligned: dict[tuple[int, int], int] | None = None,
+    conflicting: dict[str, int] | None = None,
+    evaluation: dict[str, int] | None = None,
+    balanced_train: int = BALANCED_TRAIN,
 ) -> Path:
     """Write (once) a synthetic stand-in for BFFHQ in its distributed layout: ``size`` x
-    ``size`` PNG files named ``<id>_<target>_<bias>.png`` in ``0.5pct/{align,conflict}/<t>/``,
-    ``valid/`` and ``test/``; the target is drawn as a shape, the bias as the background colour
-    (:func:`pgd.datasets.standins.render_stand_in`). A marker file says it is a stand-in; a
-    folder already written with the same settings is reused."""
+    ``size`` PNG faces (:func:`pgd.datasets.faces.render_face`: age drawn as grey hair and
+    wrinkles, gender as hair length, beard and lips) named ``<id>_<age>_<gender>.png`` in
+    ``<r>pct/{align,conflict}/<age>/`` for the ratios of :data:`STAND_IN_CONFLICTING`,
+    ``valid/`` and ``test/``. ``balanced``: one training folder, ``0.5pct``, with
+    ``balanced_train`` faces per group (the control run). A marker file says it is a stand-in; a
+    folder already written with the same settings is reused. ``aligned``, ``conflicting`` and
+    ``evaluation`` replace :data:`STAND_IN_ALIGNED`, :data:`STAND_IN_CONFLICTING` and
+    :data:`STAND_IN_EVAL` (smaller stand-ins for tests)."""
     folder = Path(folder)
-    counts = counts or STAND_IN_COUNTS
+    aligned_counts = aligned or STAND_IN_ALIGNED
+    conflicting_counts = conflicting or STAND_IN_CONFLICTING
+    eval_counts = evaluation or STAND_IN_EVAL
+    groups4 = ((0, 0), (1, 1), (0, 1), (1, 0))
     settings = {
         "version": _STAND_IN_VERSION,
         "dataset": "bffhq",
         "size": size,
         "seed": seed,
-        "counts": {s: {f"{t}{b}": n for (t, b), n in c.items()} for s, c in counts.items()},
+        "balanced": balanced_train if balanced else None,
+        "aligned": {f"{t}{b}": n for (t, b), n in aligned_counts.items()},
+        "conflicting": conflicting_counts,
+        "eval": eval_counts,
     }
 
     def write(out: Path) -> None:
         rng = np.random.default_rng(seed)
         number = 0
-        for split, groups in counts.items():
-            for t, b in stand_in_groups(groups, rng):
-                number += 1
-                if split == "train":
-                    where = out / "0.5pct" / ("align" if t == b else "conflict") / str(t)
-                else:
-                    where = out / split
-                where.mkdir(parents=True, exist_ok=True)
-                render_stand_in(t, b, size, size, rng).save(where / f"{number:05d}_{t}_{b}.png")
+
+        def face(where: Path, t: int, b: int) -> Path:
+            nonlocal number
+            number += 1
+            where.mkdir(parents=True, exist_ok=True)
+            path = where / f"{number:05d}_{t}_{b}.png"
+            blond = rng.random() < 0.3  # hair colour varies at any age: lightness is not age
+            render_face(size, blond=blond, male=bool(b), old=bool(t), rng=rng).save(path)
+            return path
+
+        if balanced:
+            for t, b in stand_in_groups(dict.fromkeys(groups4, balanced_train), rng):
+                face(out / "0.5pct" / ("align" if t == b else "conflict") / str(t), t, b)
+        else:
+            first = next(iter(conflicting_counts))
+            common = [
+                face(out / first / "align" / str(t), t, b)
+                for t, b in stand_in_groups(aligned_counts, rng)
+            ]
+            rare: list[Path] = []
+            for pct, per_group in conflicting_counts.items():
+                more = dict.fromkeys(((0, 1), (1, 0)), per_group - len(rare) // 2)
+                rare += [
+                    face(out / pct / "conflict" / str(t), t, b)
+                    for t, b in stand_in_groups(more, rng)
+                ]
+                for path in common + rare:  # earlier faces: the same files, linked
+                    target = out / pct / path.parent.parent.name / path.parent.name / path.name
+                    if not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.link(path, target)
+        for split, per_group in eval_counts.items():
+            for t, b in stand_in_groups(dict.fromkeys(groups4, per_group), rng):
+                face(out / split, t, b)
 
     return stand_in_folder(folder, settings, write)
 
@@ -321,6 +442,7 @@ def build(request: DataRequest) -> ImageSplits:
         image_size=options["image_size"],
         stand_in=options["stand_in"],
         workers=loader_workers(request),
+        verify=options["verify"],
     )
 
 
@@ -333,6 +455,6 @@ SPEC = DatasetSpec(
     stand_in=True,
     default_model="resnet18",
     default_ratio=0.005,
-    options=(STAND_IN_OPTION, IMAGE_SIZE_OPTION),
+    options=(STAND_IN_OPTION, IMAGE_SIZE_OPTION, VERIFY_OPTION),
     name_parts=lambda ratio, options, source: image_name_parts("bffhq", f"ratio{ratio:g}", options),
 )

@@ -23,31 +23,34 @@ Google Drive answers with its quota page instead of the file.
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root
+from ..core.runtime import data_root, display_path
 from .archives import DownloadError, diagnose_download, safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
+from .faces import render_face
 from .images import (
     IMAGE_SIZE_OPTION,
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
-    ImageFileDataset,
+    VERIFY_OPTION,
     ImageSplits,
     image_name_parts,
-    image_transforms,
+    image_splits,
     loader_workers,
     shuffled,
 )
-from .standins import is_stand_in, render_stand_in, stand_in_folder, stand_in_groups
+from .standins import is_stand_in, stand_in_folder, stand_in_groups
 
 DEFAULT_TARGET = "Blond_Hair"
 DEFAULT_BIAS = "Male"
@@ -57,13 +60,14 @@ PARTITIONS = {"train": 0, "valid": 1, "test": 2}
 KAGGLE_ARCHIVES = ("celeba-dataset.zip", "archive.zip")
 HOW_TO_GET = (
     "How to get CelebA: (1) prepare_celeba(download=True) (command line: add --download) tries "
-    "torchvision's Google Drive download, which often hits Google's daily quota; (2) download "
+    "torchvision's Google Drive download, which often hits Google's daily quota, then the "
+    "Hugging Face mirror flwrlabs/celeba (needs pip install datasets); (2) download "
     "it from Kaggle (kaggle datasets download -d jessicali9530/celeba-dataset, or the website) "
     "and put the zip or its extracted content in {folder}; (3) on Colab, copy the files to your "
     "Google Drive once and point the data folder there. The folder needs img_align_celeba/ "
     "(the .jpg faces), list_attr_celeba.txt (or .csv) and list_eval_partition.txt (or .csv)."
 )
-_STAND_IN_VERSION = 1
+_STAND_IN_VERSION = 2
 
 
 def _candidates(root: Path) -> list[Path]:
@@ -86,6 +90,17 @@ def _image_dir(folder: Path) -> Path:
     return nested if nested.is_dir() else folder / "img_align_celeba"
 
 
+def _check_rows(lines, sep: str | None, values: int, path: Path, first_line: int) -> None:
+    """Every row: a file name and ``values`` values; else ValueError naming the row's line."""
+    for number, line in enumerate(lines, start=first_line):
+        fields = line.strip().split(sep) if line.strip() else []
+        if fields and len(fields) != values + 1:
+            raise ValueError(
+                f"{path.name}, line {number} ({fields[0]}): {len(fields) - 1} values where the "
+                f"header names {values} attributes"
+            )
+
+
 def read_attributes(folder: str | os.PathLike) -> pd.DataFrame:
     """The attribute table: one row per image file name, one 0/1 column per attribute.
 
@@ -99,11 +114,13 @@ def read_attributes(folder: str | os.PathLike) -> pd.DataFrame:
             with open(txt) as file:
                 file.readline()  # the number of images
                 names = file.readline().split()
+                _check_rows(file, None, len(names), txt, first_line=3)
             table = pd.read_csv(txt, sep=r"\s+", skiprows=2, header=None, index_col=0)
-            if table.shape[1] != len(names):
-                raise ValueError(f"{table.shape[1]} value columns but {len(names)} attribute names")
             table.columns = names
         elif csv.is_file():
+            with open(csv) as file:
+                names = file.readline().strip().split(",")[1:]
+                _check_rows(file, ",", len(names), csv, first_line=2)
             table = pd.read_csv(csv, index_col=0)
         else:
             raise FileNotFoundError(f"neither {txt.name} nor {csv.name} is in {folder}")
@@ -145,10 +162,10 @@ def verify_official_files(folder: str | os.PathLike) -> list[str]:
     """Compare the official text files in ``folder`` with torchvision's MD5 checksums when they
     claim to be the full release (202,599 images); warn about each mismatch and return the names
     of the files that differ. Other folders (Kaggle's CSV files, subsets, the stand-in) are not
-    checked."""
+    checked, nor are the files written from the Hugging Face mirror (:data:`SOURCE_FILE`)."""
     folder = Path(folder)
     attributes = folder / "list_attr_celeba.txt"
-    if not attributes.is_file():
+    if not attributes.is_file() or (folder / SOURCE_FILE).is_file():
         return []
     with open(attributes) as file:
         first = file.readline().strip()
@@ -204,6 +221,117 @@ def download_celeba(root: str | os.PathLike | None = None) -> Path:
     return root / "celeba"
 
 
+#: The Hugging Face mirror tried when Google Drive fails (or when asked for): a dataset with the
+#: aligned JPEG faces, the 40 attributes as columns and the official partition as splits.
+MIRROR = ("flwrlabs/celeba", "img_align+identity+attr")
+_MIRROR_SPLITS = {"train": ("train",), "valid": ("valid", "validation"), "test": ("test",)}
+
+
+def download_celeba_mirror(
+    root: str | os.PathLike | None = None, source: str = MIRROR[0], config: str | None = MIRROR[1]
+) -> Path:
+    """Fetch CelebA from a Hugging Face dataset (``source``: a Hub name, or a local folder of
+    parquet files named ``train-*``, ``valid-*``, ``test-*``) and write it into
+    ``<root>/celeba`` in the official layout (``img_align_celeba/*.jpg`` with the mirror's own
+    JPEG bytes, ``list_attr_celeba.txt``, ``list_eval_partition.txt``), checking the split sizes
+    against the official partition.
+
+    Raises:
+        DataUnavailableError: the ``datasets`` package is missing (says how to install it), the
+            mirror cannot be reached, or its splits or columns are not CelebA's.
+    """
+    try:
+        import datasets
+    except ImportError as error:
+        raise DataUnavailableError(
+            "the Hugging Face route to CelebA needs the datasets package: "
+            "pip install 'pgd-book[mirror]' (or pip install datasets), then try again"
+        ) from error
+    root = data_root(root)
+    try:
+        if Path(source).is_dir():
+            loaded = datasets.load_dataset(str(source), cache_dir=str(root / "hf-cache"))
+        else:
+            loaded = datasets.load_dataset(source, config, cache_dir=str(root / "hf-cache"))
+    except Exception as error:  # no network, no such dataset, a broken cache
+        raise DataUnavailableError(
+            f"CelebA could not be fetched from the Hugging Face mirror {source!r} "
+            f"({type(error).__name__}: {str(error)[:200]}). " + HOW_TO_GET.format(folder=root)
+        ) from error
+    splits = {}
+    for split, names in _MIRROR_SPLITS.items():
+        found = [name for name in names if name in loaded]
+        if not found:
+            raise DataUnavailableError(
+                f"the mirror {source!r} has the splits {', '.join(loaded)}; CelebA's official "
+                "partition needs train, valid and test"
+            )
+        splits[split] = loaded[found[0]]
+    sizes = {split: len(rows) for split, rows in splits.items()}
+    official = {split: OFFICIAL_COUNTS[split] for split in sizes}
+    if sizes != official:
+        raise DataUnavailableError(
+            f"the mirror {source!r} has {sizes['train']:,} / {sizes['valid']:,} / "
+            f"{sizes['test']:,} train / valid / test images, but CelebA's official partition has "
+            f"{official['train']:,} / {official['valid']:,} / {official['test']:,}: it is not "
+            "the official release, and its numbers would not be comparable. Use another source."
+        )
+    return write_official_layout(
+        splits, root / "celeba", datasets.Image(decode=False), f"the Hugging Face dataset {source}"
+    )
+
+
+#: Marks a CelebA folder that pgd wrote from another source (its text files are pgd's own).
+SOURCE_FILE = "PGD_SOURCE.txt"
+
+
+def write_official_layout(splits, folder: Path, raw_images=None, source: str = "rows") -> Path:
+    """Write rows of ``{image, <attribute>: value, ...}`` per split (train, valid, test, in this
+    order) into ``folder`` in CelebA's official layout. Images are written as their stored JPEG
+    bytes (re-encoded only if a row holds a decoded image). Attribute values may be booleans,
+    0/1 or -1/1.
+
+    Raises:
+        DataUnavailableError: no image column, or fewer than two of CelebA's attributes.
+    """
+    first = next(iter(splits.values()))
+    columns = list(first.column_names) if hasattr(first, "column_names") else list(first[0])
+    attributes = [name for name in ATTRIBUTES if name in columns]
+    image_column = next((c for c in ("image", "img") if c in columns), None)
+    if image_column is None or len(attributes) < 2:
+        raise DataUnavailableError(
+            f"these rows have the columns {', '.join(columns)}: CelebA needs an image column and "
+            "its attribute columns (Blond_Hair, Male, ...)"
+        )
+    staging = folder.parent / f".{folder.name}.writing"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "img_align_celeba").mkdir(parents=True)
+    attr_lines, part_lines, number = [], [], 0
+    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    for split, rows in splits.items():
+        if raw_images is not None and hasattr(rows, "cast_column"):
+            rows = rows.cast_column(image_column, raw_images)  # the stored bytes, not decoded
+        for row in tqdm(rows, desc=f"writing {split}", unit="image", disable=not show):
+            number += 1
+            name = f"{number:06d}.jpg"
+            image = row[image_column]
+            target = staging / "img_align_celeba" / name
+            if isinstance(image, dict) and image.get("bytes"):
+                target.write_bytes(image["bytes"])
+            else:
+                image.convert("RGB").save(target, quality=95)
+            values = [1 if row[a] in (True, 1) else -1 for a in attributes]
+            attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
+            part_lines.append(f"{name} {PARTITIONS[split]}")
+    header = f"{number}\n" + " ".join(attributes) + " \n"
+    (staging / "list_attr_celeba.txt").write_text(header + "\n".join(attr_lines) + "\n")
+    (staging / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
+    (staging / SOURCE_FILE).write_text(f"CelebA written by pgd from {source}\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return folder
+
+
 def _extract_archives(root: Path) -> Path | None:
     """Extract a CelebA archive found under ``root``; return the folder it gave, if any."""
     official = root / "celeba" / "img_align_celeba.zip"
@@ -221,9 +349,11 @@ def _extract_archives(root: Path) -> Path | None:
     return None
 
 
-def prepare_celeba(root: str | os.PathLike | None = None, download: bool = False) -> Path:
-    """The CelebA folder under ``root``: found, extracted from an archive there, or (with
-    ``download``) downloaded. Raises DataUnavailableError or DownloadError saying what to do."""
+def prepare_celeba(root: str | os.PathLike | None = None, download: bool | str = False) -> Path:
+    """The CelebA folder under ``root``: found, extracted from an archive there, or downloaded:
+    ``download`` True or ``"auto"``: torchvision's Google Drive download, then, if it fails, the
+    Hugging Face mirror (:data:`MIRROR`); ``"drive"`` or ``"mirror"``: that route only. Raises
+    DataUnavailableError or DownloadError saying what to do."""
     root = data_root(root)
     folder = find_celeba_folder(root)
     if folder is not None and (
@@ -234,7 +364,22 @@ def prepare_celeba(root: str | os.PathLike | None = None, download: bool = False
     if extracted is not None:
         return extracted
     if download:
-        return download_celeba(root)
+        route = "auto" if download is True else str(download)
+        if route not in ("auto", "drive", "mirror"):
+            raise ValueError(f"download must be auto, drive or mirror, got {download!r}")
+        if route == "mirror":
+            return download_celeba_mirror(root)
+        try:
+            return download_celeba(root)
+        except DownloadError as drive_error:
+            if route == "drive":
+                raise
+            try:
+                return download_celeba_mirror(root)
+            except DataUnavailableError as mirror_error:
+                raise DownloadError(
+                    f"{drive_error}\nThe Hugging Face mirror failed too: {mirror_error}"
+                ) from mirror_error
     raise DataUnavailableError(
         f"CelebA is not in {root} (looked for list_attr_celeba.txt or .csv in "
         f"{', '.join(str(c) for c in _candidates(root))}). "
@@ -252,6 +397,8 @@ def load_celeba(
     download: bool = False,
     workers: int = 0,
     order_seed: int = 0,
+    verify: str = "quick",
+    keep_in_memory: bool | None = None,
 ) -> ImageSplits:
     """CelebA's official partition as :class:`~pgd.datasets.images.ImageSplits` of (image,
     target, bias).
@@ -264,11 +411,15 @@ def load_celeba(
     Args:
         root: data root (default ``$PGD_DATA`` or ``~/.cache/pgd``).
         target, bias: attribute names (``list_attr_celeba`` header).
-        image_size: side of the model's input (default 224; 64 for the stand-in).
+        image_size: side of the model's input (default 224; 48 for the stand-in).
         stand_in: use (and write if needed) the synthetic stand-in in ``<root>/stand-in/celeba``.
         download: try torchvision's download when the files are not there.
         workers: DataLoader worker processes for these datasets.
         order_seed: seed of the one fixed shuffle of every split (so prefixes keep every group).
+        verify: check every image before training (see :func:`pgd.datasets.images.image_splits`).
+        keep_in_memory: decode every image once and keep it (None: when they fit in
+            :data:`~pgd.datasets.images.IMAGE_CACHE_BYTES`; False: decode per item, as for the
+            full-size real data, which is what a loading measurement should see).
 
     Raises:
         DataUnavailableError: files missing or incomplete (says how many, and how to get them).
@@ -276,7 +427,8 @@ def load_celeba(
     """
     root = data_root(root)
     if stand_in:
-        folder = write_celeba_stand_in(root / "stand-in" / "celeba", target=target, bias=bias)
+        # One set of faces, written for the default pair; any pair is read from its attributes.
+        folder = write_celeba_stand_in(root / "stand-in" / "celeba")
     else:
         folder = prepare_celeba(root, download=download)
     if not stand_in:
@@ -313,32 +465,30 @@ def load_celeba(
         )
     real = not is_stand_in(folder)
     size = image_size or (REAL_IMAGE_SIZE if real else STAND_IN_IMAGE_SIZE)
-    train_tf = image_transforms("celeba", size, train=True)
-    eval_tf = image_transforms("celeba", size, train=False)
     # Orient the bias label so that "aligned" means label == bias label, as everywhere in the
     # book: bias value v is the one that goes with class v in training (positive correlation).
     in_train = partition.index[partition.to_numpy() == PARTITIONS["train"]]
     t_train = attributes.loc[in_train, target].to_numpy()
     b_train = attributes.loc[in_train, bias].to_numpy()
-    flip = len(in_train) > 1 and float(np.corrcoef(t_train, b_train)[0, 1]) < 0
-    splits = {}
+    _check_pair(t_train, b_train, target, bias, folder)
+    flip = float(np.corrcoef(t_train, b_train)[0, 1]) < 0
+    parts = {}
     for split, code in PARTITIONS.items():
         names_in = partition.index[partition.to_numpy() == code]
         files = [str(image_dir / name) for name in names_in]
         labels = torch.from_numpy(attributes.loc[names_in, target].to_numpy().copy())
         raw_bias = torch.from_numpy(attributes.loc[names_in, bias].to_numpy().copy())
         bias_labels = 1 - raw_bias if flip else raw_bias
-        files, labels, bias_labels = shuffled(files, labels, bias_labels, seed=order_seed)
-        splits[split] = ImageFileDataset(
-            files,
-            labels,
-            bias_labels,
-            split,
-            train_tf if split == "train" else eval_tf,
-            eval_tf,
-            num_classes=2,
-            loader_workers=workers,
-        )
+        parts[split] = shuffled(files, labels, bias_labels, seed=order_seed)
+    splits = image_splits(
+        parts,
+        "celeba",
+        size,
+        workers=workers,
+        root=root,
+        verify=verify,
+        keep_in_memory=keep_in_memory,
+    )
     counts = {s: len(d) for s, d in splits.items()}
     if real:
         official = all(counts[s] == OFFICIAL_COUNTS[s] for s in counts)
@@ -346,11 +496,16 @@ def load_celeba(
             f"CelebA, target {target}, bias {bias}, official partition "
             f"({counts['train']:,} / {counts['valid']:,} / {counts['test']:,} images"
             + ("" if official else f"; NOT the official {OFFICIAL_COUNTS['all']:,}-image release")
-            + f"), {size}x{size} pixels, from {folder}"
+            + f"), {size}x{size} pixels, from {display_path(folder)}"
+            + (
+                " (written from the Hugging Face mirror)"
+                if (folder / SOURCE_FILE).is_file()
+                else ""
+            )
         )
     else:
         description = (
-            f"CelebA STAND-IN (synthetic shapes in CelebA's file layout; target {target}, bias "
+            f"CelebA STAND-IN (drawn faces in CelebA's file layout; target {target}, bias "
             f"{bias}; {counts['train']:,} / {counts['valid']:,} / {counts['test']:,} images), "
             f"{size}x{size} pixels"
         )
@@ -372,6 +527,26 @@ def load_celeba(
     )
 
 
+def _check_pair(t_train: np.ndarray, b_train: np.ndarray, target: str, bias: str, folder: Path):
+    """Refuse a (target, bias) pair that forms no bias-conflicting training image."""
+    hint = (
+        f" The stand-in draws {', '.join(DRAWN)} on young faces only; choose another pair."
+        if is_stand_in(folder)
+        else " Choose another pair."
+    )
+    for name, values in ((target, t_train), (bias, b_train)):
+        if len(np.unique(values)) < 2:
+            raise ValueError(
+                f"{name} takes the value {int(values[0])} on every training image of {folder}: "
+                "it splits nothing into groups." + hint
+            )
+    if abs(float(np.corrcoef(t_train, b_train)[0, 1])) > 1 - 1e-9:
+        raise ValueError(
+            f"{target} and {bias} are perfectly correlated in the training split of {folder}: "
+            "there is no bias-conflicting image to learn from or to measure." + hint
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Stand-in
 
@@ -385,13 +560,32 @@ ATTRIBUTES = (
     "Wearing_Necktie Young"
 ).split()
 
-#: Stand-in samples per split and (target, bias) group. Training follows the shares of
-#: (Blond_Hair, Male) in CelebA's training split (44% / 41% / 14% / 0.85%); validation and test
-#: raise the rarest group to 8% so that its accuracy can be measured on a few hundred images.
+#: What the stand-in draws (see :mod:`pgd.datasets.faces`): each attribute of CelebA that a face
+#: of the stand-in shows, as a function of its three drawn traits (blond, male, old). The other
+#: attributes are random and not drawn.
+DRAWN = {
+    "Blond_Hair": lambda blond, male, old: blond and not old,
+    "Male": lambda blond, male, old: male,
+    "Young": lambda blond, male, old: not old,
+    "Gray_Hair": lambda blond, male, old: old,
+    "No_Beard": lambda blond, male, old: not male,
+    "Mustache": lambda blond, male, old: male,
+    "Wearing_Lipstick": lambda blond, male, old: not male,
+}
+
+#: Stand-in faces per split and (Blond_Hair, Male) group. Training follows the shares of CelebA's
+#: training split (44% / 41% / 14% / 0.85%) at 6,000 faces, so that the rarest group, blond men,
+#: has 51 faces; validation and test keep the proportions of the common groups and raise the
+#: blond men to 5%, so that their accuracy is measured on 50 and 100 faces.
 STAND_IN_COUNTS = {
-    "train": {(0, 0): 880, (0, 1): 820, (1, 0): 283, (1, 1): 17},
-    "valid": {(0, 0): 160, (0, 1): 148, (1, 0): 60, (1, 1): 32},
-    "test": {(0, 0): 320, (0, 1): 296, (1, 0): 120, (1, 1): 64},
+    "train": {(0, 0): 2_640, (0, 1): 2_460, (1, 0): 849, (1, 1): 51},
+    "valid": {(0, 0): 440, (0, 1): 410, (1, 0): 100, (1, 1): 50},
+    "test": {(0, 0): 880, (0, 1): 820, (1, 0): 200, (1, 1): 100},
+}
+#: The same total in equal groups: the control run, which shows that the target can be learnt.
+BALANCED_COUNTS = {
+    split: dict.fromkeys(groups, sum(groups.values()) // 4)
+    for split, groups in STAND_IN_COUNTS.items()
 }
 
 
@@ -405,16 +599,26 @@ def write_celeba_stand_in(
 ) -> Path:
     """Write (once) a synthetic stand-in for CelebA in its official layout and file formats.
 
-    178 x 218 JPEG images named ``000001.jpg`` ..., ``list_attr_celeba.txt`` with all 40
-    attributes (``target`` drawn as a shape, ``bias`` as the background colour, see
-    :func:`pgd.datasets.standins.render_stand_in`; the other 38 random and not drawn) and
-    ``list_eval_partition.txt``. A marker file says it is a stand-in; a folder already written
-    with the same settings is reused.
+    178 x 218 JPEG faces named ``000001.jpg`` ... (drawn by :func:`pgd.datasets.faces
+    .render_face`), ``list_attr_celeba.txt`` with all 40 attributes (those of :data:`DRAWN`
+    true to the drawing, the others random) and ``list_eval_partition.txt``. ``counts`` gives the
+    faces per split and (``target``, ``bias``) group; the target and the bias must be drawn
+    attributes. A marker file says it is a stand-in; a folder already written with the same
+    settings is reused.
+
+    Raises:
+        ValueError: ``target`` or ``bias`` is not drawn (the message lists those that are), or
+            the two together cannot be drawn (Blond_Hair with Gray_Hair, for instance).
     """
     folder = Path(folder)
     counts = counts or STAND_IN_COUNTS
     for name, role in ((target, "target"), (bias, "bias")):
         check_attribute(name, list(ATTRIBUTES), role)
+        if name not in DRAWN:
+            raise ValueError(
+                f"the stand-in does not draw {name!r} ({role}); it draws {', '.join(DRAWN)}"
+            )
+    traits = _traits_for(target, bias)
     settings = {
         "version": _STAND_IN_VERSION,
         "dataset": "celeba",
@@ -423,7 +627,6 @@ def write_celeba_stand_in(
         "seed": seed,
         "counts": {s: {f"{t}{b}": n for (t, b), n in c.items()} for s, c in counts.items()},
     }
-    t_col, b_col = ATTRIBUTES.index(target), ATTRIBUTES.index(bias)
 
     def write(out: Path) -> None:
         rng = np.random.default_rng(seed)
@@ -434,9 +637,12 @@ def write_celeba_stand_in(
             for t, b in stand_in_groups(counts[split], rng):
                 number += 1
                 name = f"{number:06d}.jpg"
-                render_stand_in(t, b, 218, 178, rng).save(images / name, quality=90)
+                blond, male, old = traits[(t, b)]
+                face = render_face(178, blond=blond, male=male, old=old, rng=rng, height=218)
+                face.save(images / name, quality=90)
                 values = rng.choice([-1, 1], size=len(ATTRIBUTES))
-                values[t_col], values[b_col] = (1 if t else -1), (1 if b else -1)
+                for attribute, shown in DRAWN.items():
+                    values[ATTRIBUTES.index(attribute)] = 1 if shown(blond, male, old) else -1
                 attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
                 part_lines.append(f"{name} {code}")
         header = f"{number}\n" + " ".join(ATTRIBUTES) + " \n"
@@ -444,6 +650,33 @@ def write_celeba_stand_in(
         (out / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
 
     return stand_in_folder(folder, settings, write)
+
+
+def _traits_for(target: str, bias: str) -> dict[tuple[int, int], tuple[bool, bool, bool]]:
+    """The drawn traits (blond, male, old) of a face in each (target, bias) group: the first
+    combination that shows both values (young, dark-haired women where nothing else is asked)."""
+    out = {}
+    for t in (0, 1):
+        for b in (0, 1):
+            for blond, male, old in (
+                (False, False, False),
+                (False, True, False),
+                (True, False, False),
+                (True, True, False),
+                (False, False, True),
+                (False, True, True),
+            ):
+                if DRAWN[target](blond, male, old) == bool(t) and DRAWN[bias](
+                    blond, male, old
+                ) == bool(b):
+                    out[(t, b)] = (blond, male, old)
+                    break
+            else:
+                raise ValueError(
+                    f"the stand-in cannot draw a face with {target}={t} and {bias}={b}: choose "
+                    "two attributes that can be combined"
+                )
+    return out
 
 
 def build(request: DataRequest) -> ImageSplits:
@@ -459,6 +692,7 @@ def build(request: DataRequest) -> ImageSplits:
         stand_in=options["stand_in"],
         download=request.download,
         workers=loader_workers(request),
+        verify=options["verify"],
     )
 
 
@@ -479,6 +713,7 @@ SPEC = DatasetSpec(
         Param("target_attr", DEFAULT_TARGET, "CelebA target attribute"),
         Param("bias_attr", DEFAULT_BIAS, "CelebA bias attribute"),
         IMAGE_SIZE_OPTION,
+        VERIFY_OPTION,
     ),
     name_parts=lambda ratio, options, source: image_name_parts(
         "celeba", f"{options['target_attr']}-{options['bias_attr']}", options

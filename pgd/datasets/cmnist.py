@@ -39,6 +39,7 @@ from ..core.params import Param
 from ..core.runtime import data_root, loud_warning
 from ..core.storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
 from .base import DataRequest, DatasetSpec, DataUnavailableError, check_ratio
+from .idx import unpack_gzipped
 
 #: One RGB colour (values in [0, 1]) per digit class, as in the official generator.
 PALETTE = torch.tensor(
@@ -89,8 +90,21 @@ class Digits:
         return self.source == "torchvision"
 
 
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
 def _torchvision_digits(root: Path, download: bool = True) -> Digits:
     datasets = compat.import_torchvision().datasets
+    raw = root / "MNIST" / "raw"
+    if raw.is_dir():  # files copied by hand, still gzipped: unpacked here, without the network
+        unpacked = unpack_gzipped(raw, MNIST_FILES)
+        if unpacked:
+            print(f"unpacked {', '.join(n + '.gz' for n in unpacked)} in {raw}")
     try:
         train = datasets.MNIST(str(root), train=True, download=download)
         test = datasets.MNIST(str(root), train=False, download=download)

@@ -17,7 +17,6 @@ package (``/usr/share/datasets/fashion-mnist``), torchvision's download.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from ..core.runtime import data_root
 from .base import DataUnavailableError
 from .cmnist import PALETTE, Digits
 from .folder import write_image_folder
+from .idx import read_idx
 
 CLASSES = (
     "T-shirt or top",
@@ -65,38 +65,6 @@ FILES = {
 }
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 RECIPE = "PGD_FOLDER.json"
-_DTYPES = {0x08: torch.uint8}
-
-
-def read_idx(path: str | os.PathLike) -> Tensor:
-    """An IDX file (MNIST's format), gzipped or not, as a uint8 tensor.
-
-    Raises:
-        DataUnavailableError: the file is truncated or not an IDX file of bytes (named).
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as file:
-            data = file.read()
-    except (OSError, EOFError) as error:
-        raise DataUnavailableError(
-            f"{path} cannot be read ({type(error).__name__}: {error}): it is damaged or "
-            "incomplete. Delete it and fetch it again."
-        ) from error
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise DataUnavailableError(f"{path} is not an IDX file of bytes (MNIST's format)")
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    start = 4 + 4 * dims
-    expected = start + int(torch.Size(shape).numel())
-    if len(data) != expected:
-        raise DataUnavailableError(
-            f"{path} has {len(data):,} bytes where its header announces {expected:,}: the file "
-            "is truncated or damaged. Delete it and fetch it again."
-        )
-    values = torch.frombuffer(bytearray(data[start:]), dtype=torch.uint8)
-    return values.reshape(shape).clone()
 
 
 def _find(folder: Path, name: str) -> Path | None:

@@ -8,6 +8,7 @@ dataset is built; epochs decode the files (with PIL) but never search the disk a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -15,23 +16,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import loud_warning
+from ..core.runtime import data_root, loud_warning
+from ..core.storage import CorruptFileError, atomic_save, safe_load
 from .base import DataRequest, batch_loader
 
 #: ImageNet statistics, the normalisation of every ResNet-18 baseline (LfF, DFA, JTT).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 #: Side of the square images the ResNet-18 sees on the real data, as in the baselines.
 REAL_IMAGE_SIZE = 224
 #: Side used with the synthetic stand-in unless asked otherwise: a CPU can train on it in minutes.
-STAND_IN_IMAGE_SIZE = 64
+STAND_IN_IMAGE_SIZE = 48
 WORKERS_ENV = "PGD_WORKERS"
 
 
@@ -77,7 +84,7 @@ STAND_IN_OPTION = Param(
 IMAGE_SIZE_OPTION = Param(
     "image_size",
     None,
-    "side of the images fed to the model (celeba, bffhq: default 224, 64 with --stand-in; "
+    "side of the images fed to the model (celeba, bffhq: default 224, 48 with --stand-in; "
     "folder: 32)",
     parse=int,
     check=_check_image_size,
@@ -91,6 +98,45 @@ def image_name_parts(name: str, middle: str, options: Mapping[str, Any]) -> list
     if options["image_size"] is not None:
         parts.append(f"{options['image_size']}px")
     return parts
+
+
+#: Decoded images are kept in memory (and cached on disk) when every split together fits in
+#: this many bytes: the stand-ins and small real folders; full-size CelebA is decoded per epoch.
+IMAGE_CACHE_BYTES = 2 * 2**30
+
+
+def resize_steps(dataset: str, size: int):
+    """The deterministic part of :func:`image_transforms` (PIL image in, PIL image out)."""
+    T = compat.import_torchvision().transforms
+    if dataset == "celeba":
+        return T.Compose([T.CenterCrop(178), T.Resize(size)])
+    if dataset == "bffhq":
+        return T.Compose([T.Resize((size, size))])
+    raise ValueError(f"no image transforms for dataset {dataset!r}")
+
+
+@dataclass(frozen=True)
+class TensorAugmentation:
+    """The baselines' training augmentation on a decoded ``(3, S, S)`` uint8 image: an optional
+    random crop after zero padding, then a random horizontal flip (as torchvision's
+    ``RandomCrop(S, padding)`` and ``RandomHorizontalFlip`` on the PIL image)."""
+
+    padding: int = 0
+
+    def __call__(self, image: Tensor) -> Tensor:
+        if self.padding:
+            p, side = self.padding, image.shape[-1]
+            padded = torch.nn.functional.pad(image, (p, p, p, p))
+            i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            image = padded[:, i : i + side, j : j + side]
+        return image.flip(-1) if torch.rand(1) < 0.5 else image
+
+
+def tensor_augmentation(dataset: str, size: int) -> TensorAugmentation:
+    """:func:`image_transforms`' training augmentation for decoded tensors."""
+    if dataset == "bffhq":
+        return TensorAugmentation(padding=max(1, round(4 * size / REAL_IMAGE_SIZE)))
+    return TensorAugmentation()
 
 
 def image_transforms(dataset: str, size: int, train: bool):
@@ -116,6 +162,113 @@ def image_transforms(dataset: str, size: int, train: bool):
     else:
         raise ValueError(f"no image transforms for dataset {dataset!r}")
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def decode_files(
+    files: Sequence[str], dataset: str, size: int, root: Path | None = None, desc: str = "decoding"
+) -> Tensor:
+    """``(N, 3, S, S)`` uint8: every file decoded (a damaged one stops here, named) and resized
+    as :func:`resize_steps` does; cached under the data root, keyed by the files (names, sizes,
+    modification times), the dataset's steps and the size."""
+    digest = hashlib.sha256(f"{dataset}|{size}".encode())
+    for name in files:
+        stat = os.stat(name)
+        digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    cache = data_root(root) / "image-cache" / f"{digest.hexdigest()[:16]}.pt"
+    if cache.is_file():
+        try:
+            pixels = safe_load(cache)
+            if isinstance(pixels, Tensor) and pixels.shape == (len(files), 3, size, size):
+                return pixels
+        except CorruptFileError:
+            pass  # decoded again below
+    steps = resize_steps(dataset, size)
+    pixels = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    for i, name in enumerate(tqdm(files, desc=desc, unit="image", disable=not show, leave=False)):
+        image = np.asarray(steps(read_image(name)), dtype=np.uint8)
+        pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
+    atomic_save(pixels, cache)
+    return pixels
+
+
+def verify_files(files: Sequence[str], full: bool = False, desc: str = "checking images") -> None:
+    """Check every image file before any training: its header (``full=False``: quick) or its
+    whole content (``full=True``), so that a damaged file stops the run at once, named.
+
+    Raises:
+        CorruptImageError: the first damaged file.
+    """
+    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    for name in tqdm(files, desc=desc, unit="image", disable=not show, leave=False):
+        if full:
+            read_image(name)
+            continue
+        try:
+            with Image.open(name) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise CorruptImageError(
+                f"cannot decode image {name} ({type(error).__name__}: {error}). The file is "
+                "damaged or incomplete: delete it and copy or download it again (or delete the "
+                "dataset folder and fetch the whole dataset)."
+            ) from error
+
+
+VERIFY_CHOICES = ("quick", "full", "off")
+VERIFY_OPTION = Param(
+    "verify",
+    "quick",
+    "check every image file before training, so that a damaged one stops the run at once: "
+    "quick (headers), full (decode every file), off. Images small enough to be kept in memory "
+    "are always decoded in full",
+    choices=VERIFY_CHOICES,
+)
+
+
+def image_splits(
+    parts: Mapping[str, tuple[list[str], Tensor, Tensor]],
+    dataset: str,
+    size: int,
+    *,
+    num_classes: int = 2,
+    workers: int = 0,
+    root: Path | None = None,
+    verify: str = "quick",
+    keep_in_memory: bool | None = None,
+) -> dict[str, ImageFileDataset]:
+    """One :class:`ImageFileDataset` per split from ``(files, labels, bias labels)``, with the
+    baselines' transforms for ``dataset`` at ``size``. When every split fits in
+    :data:`IMAGE_CACHE_BYTES` (or ``keep_in_memory`` is True), the images are decoded once
+    (every file in full: the check) and kept; else (or when it is False) each file is checked
+    (``verify``) before any training and decoded per item."""
+    if verify not in VERIFY_CHOICES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
+    total = sum(len(files) for files, _, _ in parts.values()) * 3 * size * size
+    keep = total <= IMAGE_CACHE_BYTES if keep_in_memory is None else keep_in_memory
+    if not keep and verify != "off":
+        every = [name for files, _, _ in parts.values() for name in files]
+        verify_files(every, full=verify == "full")
+    train_tf = image_transforms(dataset, size, train=True)
+    eval_tf = image_transforms(dataset, size, train=False)
+    out = {}
+    for split, (files, labels, bias) in parts.items():
+        pixels = (
+            decode_files(files, dataset, size, root, desc=f"decoding {split}") if keep else None
+        )
+        out[split] = ImageFileDataset(
+            files,
+            labels,
+            bias,
+            split,
+            train_tf if split == "train" else eval_tf,
+            eval_tf,
+            num_classes=num_classes,
+            loader_workers=workers,
+            pixels=pixels,
+            augment=tensor_augmentation(dataset, size) if split == "train" else None,
+        )
+    return out
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
@@ -145,6 +298,8 @@ class ImageFileDataset(Dataset):
         num_classes: number of target classes.
         transform: applied to each decoded PIL image.
         eval_transform: the same without augmentation (see :meth:`without_augmentation`).
+        pixels: ``(N, 3, S, S)`` uint8 images decoded once (None: files are decoded per item
+            with ``transform``); then ``augment`` is the training augmentation on them.
         loader_workers: DataLoader worker processes that
             :func:`pgd.datasets.base.batch_loader` uses.
     """
@@ -162,6 +317,8 @@ class ImageFileDataset(Dataset):
         eval_transform=None,
         num_classes: int = 2,
         loader_workers: int = 0,
+        pixels: Tensor | None = None,
+        augment: TensorAugmentation | None = None,
     ) -> None:
         if not len(files) == len(labels) == len(bias_labels):
             raise ValueError("files, labels and bias labels must have the same length")
@@ -173,12 +330,19 @@ class ImageFileDataset(Dataset):
         self.eval_transform = eval_transform if eval_transform is not None else transform
         self.num_classes = num_classes
         self.loader_workers = loader_workers
+        self.pixels, self.augment = pixels, augment
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
-        image = self.transform(read_image(self.files[index]))
+        if self.pixels is None:
+            image = self.transform(read_image(self.files[index]))
+        else:
+            pixels = self.pixels[index]
+            if self.augment is not None:
+                pixels = self.augment(pixels)
+            image = (pixels.float() / 255 - _MEAN) / _STD
         return image, self.labels[index], self.bias_labels[index], index
 
     @property
@@ -196,6 +360,8 @@ class ImageFileDataset(Dataset):
             "eval_transform": self.eval_transform,
             "num_classes": self.num_classes,
             "loader_workers": self.loader_workers,
+            "pixels": self.pixels,
+            "augment": self.augment,
             **changes,
         }
         return ImageFileDataset(**fields)
@@ -205,12 +371,15 @@ class ImageFileDataset(Dataset):
         if n is None or n >= len(self):
             return self
         return self._copy(
-            files=self.files[:n], labels=self.labels[:n], bias_labels=self.bias_labels[:n]
+            files=self.files[:n],
+            labels=self.labels[:n],
+            bias_labels=self.bias_labels[:n],
+            pixels=self.pixels[:n] if self.pixels is not None else None,
         )
 
     def without_augmentation(self) -> ImageFileDataset:
         """The same samples with the evaluation transform (PGD scores the un-augmented images)."""
-        return self._copy(transform=self.eval_transform)
+        return self._copy(transform=self.eval_transform, augment=None)
 
 
 @dataclass

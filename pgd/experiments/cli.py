@@ -22,9 +22,9 @@ from ..datasets.cmnist import DIGIT_SOURCES
 from ..datasets.registry import DATASETS
 from ..methods.registry import METHODS
 from ..models import MODELS
-from ..training.loop import PROGRESS_ENV
+from ..training.loop import PROGRESS_ENV, SELECTIONS
 from .audit import audit
-from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, wall_time_table
+from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, summary_table, wall_time_table
 from .config import COMMON_FIELDS, ExperimentConfig
 from .pipeline import run
 
@@ -102,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", default=None, help="dataset folder (default $PGD_DATA)")
     r.add_argument(
         "--download",
-        action="store_true",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=("auto", "drive", "mirror"),
         help="fetch the data if it is not there, where the dataset can (celeba: torchvision's "
-        "Google Drive download)",
+        "Google Drive download, then the Hugging Face mirror; or only one of them)",
     )
     r.add_argument(
         "--workers",
@@ -187,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     c.add_argument("--profile", choices=tuple(PROFILES), default=None)
     c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    c.add_argument("--model", choices=tuple(MODELS), default=None, help="default: the dataset's")
+    c.add_argument(
+        "--image-size", type=int, default=None, help="celeba/bffhq: input side in pixels"
+    )
     c.add_argument("--digits", choices=DIGIT_SOURCES, default="auto")
     c.add_argument("--stand-in", action="store_true", help="celeba/bffhq: synthetic stand-in")
     c.add_argument("--device", default="auto")
@@ -195,6 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-tuning",
         action="store_true",
         help="use each method's default hyper-parameters instead of the validation search",
+    )
+    c.add_argument(
+        "--schedules",
+        default=None,
+        help="comma-separated profiles whose epochs per stage to run, e.g. quick,full "
+        "(default: --profile)",
+    )
+    c.add_argument(
+        "--protocols",
+        default="shared",
+        help="shared (every method with the dataset's network and schedule) and/or own (each "
+        "method as its paper trains it on this dataset, where it has such a protocol), "
+        "comma-separated",
+    )
+    c.add_argument(
+        "--selection",
+        default="valid_loss",
+        help="model-selection rules to report, comma-separated, or all: "
+        + ", ".join(SELECTIONS)
+        + " (the last reads the validation split's bias labels: an oracle rule). Rules are "
+        "applied after training, from each epoch's validation results; one CSV row per rule",
     )
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     c.add_argument("--out", type=Path, default=Path("results"), help="results folder")
@@ -219,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         workers=args.workers,
-        download=args.download,
+        download=args.download or False,
     )
     summary = result.to_dict()
     print(
@@ -295,21 +323,40 @@ def _compare(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         progress=not args.no_progress,
         tune=not args.no_tuning,
+        model=args.model,
+        image_size=args.image_size,
+        schedules=args.schedules,
+        protocols=args.protocols,
+        selections=args.selection,
     )
     results = grid.results
     first = results.iloc[0]
     print(
         f"\nunbiased test accuracy (%), mean ± std over {results['seed'].nunique()} seeds; "
-        f"{first['dataset']}, {first['source']} data, profile {first['profile']} "
-        f"({first['epochs']} epochs per stage), model {first['model']}"
+        f"{first['dataset']}, {first['source']} data"
     )
-    print(grid.summary("accuracy").to_string())
-    print("\nwall time per run (s), mean over seeds")
-    print(wall_time_table(results).to_string())
+    for (schedule, protocol, rule), part in results.groupby(
+        ["schedule", "protocol", "selection"], sort=False
+    ):
+        epochs = ", ".join(map(str, sorted(part["epochs"].unique())))
+        models = ", ".join(part["model"].unique())
+        print(
+            f"\nschedule {schedule} ({epochs} epochs per stage), protocol {protocol} "
+            f"({models}), selection {rule}"
+            + (
+                " (an oracle rule: it reads the validation split's bias labels)"
+                if part["selection_oracle"].iloc[0]
+                else ""
+            )
+        )
+        print(summary_table(part, "accuracy").to_string())
+    print("\nwall time per run (s), mean over seeds and schedules")
+    print(wall_time_table(results, protocol=first["protocol"]).to_string())
     if not grid.tuning.empty:
         chosen = grid.tuning[grid.tuning["chosen"]]
         print("\nhyper-parameters chosen on the validation split (first seed)")
-        print(chosen[["method", "ratio", "hparams", SELECTION_METRIC]].to_string(index=False))
+        columns = ["method", "ratio", "schedule", "protocol", "hparams", SELECTION_METRIC]
+        print(chosen[columns].to_string(index=False))
     print("\noracles read the training set's bias labels; the other methods do not")
     if first["source"] not in ("torchvision", "real"):
         loud_warning(

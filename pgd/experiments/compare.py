@@ -1,18 +1,27 @@
-"""PGD and its baselines side by side: a grid of runs over datasets, ratios, methods and seeds.
+"""PGD and its baselines side by side: a grid of runs over datasets, ratios, methods, seeds,
+schedules, protocols and model-selection rules.
 
-:func:`run_grid` runs every cell (one dataset, ratio, method and seed) with
+:func:`run_grid` runs every cell (one dataset, ratio, method, seed, schedule and protocol) with
 :func:`pgd.experiments.pipeline.run`, writes each finished cell to ``<out>/cells/<run name>.json``
 at once (atomically), and rewrites the tidy table ``<out>/results.csv`` after every cell: one
-row per dataset / ratio / method / seed with every metric and the wall time. Run it again after an
-interruption and finished cells are read back, not recomputed; an unfinished cell resumes from
-its last epoch checkpoint.
+row per dataset / ratio / method / seed / schedule / protocol / selection rule with every metric,
+the epoch the rule chose and the wall time. A selection rule is applied after training: the
+training loop keeps the weights every rule chooses on the validation split, so the rules cost
+an evaluation, not a training. Run the grid again after an interruption and finished cells are
+read back, not recomputed; an unfinished cell resumes from its last epoch checkpoint.
+
+*Schedules* are the profiles' numbers of epochs per training stage (``quick``: 20, ``full``:
+100). *Protocols*: ``shared`` trains every method with the dataset's network and its schedule;
+``own`` trains each method as its paper does on that dataset (:data:`OWN_PROTOCOLS`), where it
+has such a protocol.
 
 Hyper-parameters that a method has and PGD does not (JTT's lambda, GroupDRO's step size) are
-chosen per dataset and ratio on the validation split only, at the grid's first seed: each
-candidate is run, and the one with the highest validation group-mean accuracy (the mean over
-(label, bias) groups, an estimate of unbiased accuracy that reads the validation set's bias
-labels, as JTT's and GroupDRO's papers do) is used for every seed. The candidates and the choice
-are written to ``<out>/tuning.csv``. The test split is never looked at before the choice.
+chosen per dataset, ratio, schedule and protocol on the validation split only, at the grid's
+first seed: each candidate is run, and the one with the highest validation group-mean accuracy
+(the mean over (label, bias) groups, an estimate of unbiased accuracy that reads the validation
+set's bias labels, as JTT's and GroupDRO's papers do) of its validation-loss-selected weights is
+used for every seed. The candidates and the choice are written to ``<out>/tuning.csv``. The test
+split is never looked at before the choice.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..core.profiles import get_profile
+from ..core.profiles import PROFILES, get_profile
 from ..core.runtime import code_fingerprint
 from ..core.runtime import data_root as resolve_data_root
 from ..core.storage import atomic_write_text
@@ -36,8 +45,9 @@ from ..datasets.base import check_ratio
 from ..datasets.cmnist import load_digits
 from ..datasets.registry import get_dataset
 from ..methods.registry import METHODS
+from ..training.loop import SELECTIONS
 from .config import ExperimentConfig
-from .pipeline import run
+from .pipeline import parse_selections, run
 
 #: Grid entries beyond one per registered method: PGD with its two scores.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -77,6 +87,9 @@ TUNING: dict[str, dict[str, tuple[float, ...]]] = {
 }
 JTT_EPOCHS = 1
 
+#: Method diagnostics copied into the results table (JTT's error set; empty for the others).
+EXTRA_COLUMNS = ("error_set_size", "error_set_conflicting_share", "conflicting_in_error_set")
+
 #: The validation metric the tuning maximises.
 SELECTION_METRIC = "valid_group_mean_accuracy"
 
@@ -108,16 +121,68 @@ def parse_ratios(text: str | Iterable[float] | None) -> list[float | None]:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How a method's paper trains it on a dataset, where that differs from the grid's shared
+    protocol (the dataset's default network and its schedule: PGD's official one on Colored
+    MNIST, DFA's ResNet-18 setting on CelebA and BFFHQ).
+
+    Attributes:
+        fields: configuration fields that change (``{"model": "mlp"}``: LfF's MLP, which is
+            trained with Adam, lr 1e-3, batch 256 by :mod:`pgd.training.schedules`).
+        source: where the protocol comes from.
+    """
+
+    fields: dict[str, Any]
+    source: str
+
+
+_LFF_MLP = (
+    "LfF (Nam et al., 2020) on Colored MNIST: an MLP with three hidden layers of 100, Adam, "
+    "lr 1e-3, batch 256"
+)
+
+#: Each method's own protocol per dataset, for the ``own`` protocol of the grid. Vanilla runs
+#: under the protocol of the paper it is compared in (LfF's; under PGD's it is the shared run).
+#: A method missing here has no published protocol for the dataset and runs under the shared
+#: one only: JTT and GroupDRO report no Colored MNIST experiment, group upsampling is a
+#: textbook oracle, and the face datasets' shared protocol is already the baselines' (DFA's).
+OWN_PROTOCOLS: dict[str, dict[str, Protocol]] = {
+    "cmnist": {
+        "vanilla": Protocol({"model": "mlp"}, "the vanilla baseline of " + _LFF_MLP),
+        "lff": Protocol({"model": "mlp"}, _LFF_MLP),
+        "pgd": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
+        "pgd_all": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
+    },
+}
+PROTOCOLS = ("shared", "own")
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One run of the grid: a grid method name and its full configuration."""
+    """One run of the grid: a grid method name, the protocol it stands for, and its full
+    configuration."""
 
     method: str
     config: ExperimentConfig
+    protocol: str = "shared"
     tuning: bool = False  # a candidate of the validation search (seed: the grid's first)
 
     @property
     def key(self) -> str:
         return self.config.name()
+
+
+def parse_choices(text: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """A comma-separated list (or a list) of ``allowed`` values, checked, in the given order."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(allowed)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def _config(
@@ -137,11 +202,11 @@ def _candidates(config: ExperimentConfig, method: str) -> list[ExperimentConfig]
     return out
 
 
-def _row(cell: Cell, result: Any, seconds: float) -> dict[str, Any]:
-    test, valid = result.metrics["test"], result.metrics["valid"]
+def _rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]:
+    """One row per selection rule the run was evaluated under."""
     config = cell.config
     hparams = config.method_hparams()
-    return {
+    common = {
         "dataset": config.dataset,
         "source": result.data["source"],
         "ratio": config.ratio,
@@ -150,44 +215,102 @@ def _row(cell: Cell, result: Any, seconds: float) -> dict[str, Any]:
         "oracle": config.is_oracle,
         "seed": config.seed,
         "hparams": ", ".join(f"{k}={v:g}" for k, v in hparams.items()),
+        "schedule": config.profile_spec.name,
         "profile": config.profile_spec.name,
-        "epochs": config.profile_spec.epochs,
+        "epochs": config.profile_spec.epochs if config.epochs is None else config.epochs,
+        "protocol": cell.protocol,
         "model": config.model,
         "train_samples": result.data["train_samples"],
-        "accuracy": 100 * test["accuracy"],
-        "aligned_accuracy": 100 * test["aligned_accuracy"],
-        "conflicting_accuracy": 100 * test["conflicting_accuracy"],
-        "group_mean_accuracy": 100 * test["group_mean_accuracy"],
-        "worst_group_accuracy": 100 * test["worst_group_accuracy"],
-        "valid_accuracy": 100 * valid["accuracy"],
-        "valid_group_mean_accuracy": 100 * valid["group_mean_accuracy"],
+    }
+    diagnostics = {
         "conflicting_mass": result.conflicting_mass,
+        "effective_sample_size": (
+            result.sampling["effective_sample_size"] if result.sampling else None
+        ),
+        **{k: result.extras.get(k) for k in EXTRA_COLUMNS},
         "seconds": seconds,
         "device": result.provenance.get("device"),
         "code": code_fingerprint(),
         "run": cell.key,
     }
+    rows = []
+    for rule, chosen in result.by_selection.items():
+        test, valid = chosen["metrics"]["test"], chosen["metrics"]["valid"]
+        rows.append(
+            common
+            | {
+                "selection": rule,
+                "selection_oracle": chosen["oracle"],
+                "selected_epoch": chosen["epoch"] + 1,  # 1-based, as the text counts epochs
+                "accuracy": 100 * test["accuracy"],
+                "aligned_accuracy": 100 * test["aligned_accuracy"],
+                "conflicting_accuracy": 100 * test["conflicting_accuracy"],
+                "group_mean_accuracy": 100 * test["group_mean_accuracy"],
+                "worst_group_accuracy": 100 * test["worst_group_accuracy"],
+                "valid_accuracy": 100 * valid["accuracy"],
+                "valid_group_mean_accuracy": 100 * valid["group_mean_accuracy"],
+            }
+            | diagnostics
+        )
+    return rows
 
 
 @dataclass
 class GridResult:
-    """What :func:`run_grid` returns: the tidy results (one row per cell of the grid), the
-    validation search, and where they were written."""
+    """What :func:`run_grid` returns: the tidy results (one row per cell of the grid and
+    selection rule), the validation search, and where they were written."""
 
     results: pd.DataFrame
     tuning: pd.DataFrame
     folder: Path
     computed: int  # cells run by this call (the rest were read back)
 
-    def summary(self, metric: str = "accuracy") -> pd.DataFrame:
+    def summary(self, metric: str = "accuracy", **where: Any) -> pd.DataFrame:
         """See :func:`summary_table`."""
-        return summary_table(self.results, metric)
+        return summary_table(self.results, metric, **where)
 
 
-def summary_table(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+#: Columns of the results that are grid dimensions besides method, dataset, ratio and seed: a
+#: table of means must fix each of them to one value.
+DIMENSIONS = ("schedule", "protocol", "selection")
+
+
+def select(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    """The rows of ``results`` whose columns equal ``where`` (``selection="last"``, ...).
+
+    Raises:
+        ValueError: a column does not exist, or no row matches (names the values present).
+    """
+    frame = results
+    for column, value in where.items():
+        if column not in frame:
+            raise ValueError(f"the results have no column {column!r}")
+        kept = frame[frame[column] == value]
+        if kept.empty:
+            raise ValueError(
+                f"no results with {column}={value!r}; present: "
+                f"{', '.join(map(str, frame[column].unique()))}"
+            )
+        frame = kept
+    return frame
+
+
+def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) -> pd.DataFrame:
     """``mean +- std`` over seeds of ``metric``: one row per method (in grid order, oracles
-    last), one column per (dataset, ratio); the sample standard deviation (ddof 1)."""
-    frame = results.copy()
+    last), one column per (dataset, ratio); the sample standard deviation (ddof 1). ``where``
+    fixes the other dimensions (``schedule``, ``protocol``, ``selection``).
+
+    Raises:
+        ValueError: the rows left still span several values of a dimension (say which).
+    """
+    frame = select(results, **where).copy()
+    for column in DIMENSIONS:
+        if column in frame and frame[column].nunique() > 1:
+            raise ValueError(
+                f"the results hold several values of {column} "
+                f"({', '.join(map(str, frame[column].unique()))}): pick one, e.g. "
+                f"summary_table(results, {metric!r}, {column}={frame[column].iloc[0]!r})"
+            )
     frame["ratio"] = frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%")
     stats = frame.groupby(["method", "dataset", "ratio"], sort=False)[metric].agg(
         ["mean", "std", "count"]
@@ -203,10 +326,61 @@ def summary_table(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFra
     return text
 
 
-def wall_time_table(results: pd.DataFrame) -> pd.DataFrame:
+def setting_label(row: Mapping[str, Any]) -> str:
+    """How tables name a training setting: ``full, shared, last`` (schedule, protocol, rule)."""
+    return f"{row['schedule']}, {row['protocol']}, {row['selection']}"
+
+
+def setting_table(
+    results: pd.DataFrame, metric: str = "accuracy", *, ratio: float | None = None
+) -> pd.DataFrame:
+    """``mean +- std`` over seeds of ``metric`` for every method (rows, grid order) under every
+    training setting present (columns: schedule, protocol, selection rule), at one ``ratio``
+    (None: the only one, as on CelebA). Oracle rules are marked ``(oracle)``; a method without
+    an own protocol has no ``own`` entries.
+
+    Raises:
+        ValueError: ``ratio`` is not in the results (names those present).
+    """
+    frame = results if ratio is None else select(results, ratio=ratio)
+    frame = frame.assign(setting=frame.apply(setting_label, axis=1))
+    frame.loc[frame["selection_oracle"], "setting"] += " (oracle)"
+    stats = frame.groupby(["method", "setting"], sort=False)[metric].agg(["mean", "std", "count"])
+    text = stats.apply(
+        lambda r: f"{r['mean']:.1f} ± {r['std']:.1f}" if r["count"] > 1 else f"{r['mean']:.1f}",
+        axis=1,
+    ).unstack("setting")
+    order = [m for m in GRID_METHODS if m in text.index]
+    text = text.loc[order, list(dict.fromkeys(frame["setting"]))]
+    text.index = [LABELS[m] for m in order]
+    text.index.name = "method"
+    return text.fillna("")
+
+
+def best_settings(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """For every method and ratio, its best setting by mean ``metric`` over seeds among the
+    settings whose selection rule reads no bias labels: one row per (ratio, method) with the
+    setting and its mean and standard deviation.
+
+    The choice looks at the test results: it is the most favourable reading of each method,
+    not a model selection, and only fit for asking whether another method beats even that."""
+    frame = results[~results["selection_oracle"]]
+    frame = frame.assign(setting=frame.apply(setting_label, axis=1))
+    stats = (
+        frame.groupby(["ratio", "method", "setting"], sort=False, dropna=False)[metric]
+        .agg(["mean", "std"])
+        .reset_index()
+    )
+    best = stats.loc[stats.groupby(["ratio", "method"], sort=False, dropna=False)["mean"].idxmax()]
+    return best.reset_index(drop=True)
+
+
+def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     """Mean wall time per run in seconds (over seeds): one row per method, one column per
-    ratio, plus each method's time relative to vanilla's (mean over ratios)."""
-    seconds = results.groupby(["method", "ratio"], sort=False)["seconds"].mean().unstack()
+    ratio, plus each method's time relative to vanilla's (mean over ratios). A run is counted
+    once, whatever the number of selection rules it was evaluated under."""
+    frame = select(results, **where).drop_duplicates("run")
+    seconds = frame.groupby(["method", "ratio"], sort=False)["seconds"].mean().unstack()
     seconds.columns = [f"{100 * r:g}%" if pd.notna(r) else "-" for r in seconds.columns]
     order = [m for m in GRID_METHODS if m in seconds.index]
     seconds = seconds.loc[order]
@@ -217,13 +391,16 @@ def wall_time_table(results: pd.DataFrame) -> pd.DataFrame:
     return seconds.round(2)
 
 
-def _read_cell(path: Path) -> dict[str, Any] | None:
-    """A finished cell's record, or None (never run, or unreadable: then it is run again). The
-    record keeps the code version that produced it (column ``code``)."""
+def _read_cell(path: Path) -> list[dict[str, Any]] | None:
+    """A finished cell's rows, or None (never run, unreadable, or written by a version of the
+    grid with another record format: then it is run again). The rows keep the code version
+    that produced them (column ``code``)."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    rows = record.get("rows") if isinstance(record, dict) else None
+    return rows if isinstance(rows, list) and rows else None
 
 
 def run_grid(
@@ -241,6 +418,11 @@ def run_grid(
     data_root: str | os.PathLike | None = None,
     progress: bool | None = None,
     tune: bool = True,
+    model: str | None = None,
+    image_size: int | None = None,
+    schedules: Sequence[str] | str | None = None,
+    protocols: Sequence[str] | str = "shared",
+    selections: Sequence[str] | str = "valid_loss",
 ) -> GridResult:
     """Run (or resume) the grid and write ``results.csv`` and ``tuning.csv`` into ``out``.
 
@@ -251,13 +433,26 @@ def run_grid(
         methods: ``all`` or names from :data:`GRID_METHODS`.
         seeds: a number of seeds (0, 1, ...) or the seeds themselves; each seed also colours
             Colored MNIST afresh, so the spread covers data and training.
-        profile: ``smoke``, ``quick`` or ``full`` (default ``$PGD_PROFILE``, else quick).
-        out: results folder; also holds every cell's checkpoints (``runs/``) and record
-            (``cells/``).
+        profile: ``smoke``, ``quick`` or ``full`` (default ``$PGD_PROFILE``, else quick): the
+            schedule when ``schedules`` is not given.
+        out: results folder; holds every cell's record (``cells/``). The runs' checkpoints go
+            where :func:`pgd.experiments.pipeline.run` puts them (``$PGD_RUNS/<run name>``), so
+            a chapter that runs the same configuration reads them back.
         digits, stand_in, device, epochs: as in :class:`pgd.experiments.config.ExperimentConfig`.
         progress: one progress bar over the cells (None: unless ``$PGD_PROGRESS`` is 0).
         tune: search the hyper-parameters of :data:`TUNING` on the validation split (False:
             each method's defaults).
+        model, image_size: the network and, for image datasets, the input size of every cell
+            of the shared protocol (None: the dataset's defaults).
+        schedules: profiles whose schedule (epochs per stage) to run, e.g. ``quick,full``
+            (default: ``profile``).
+        protocols: ``shared`` (every method with the dataset's network and schedule) and/or
+            ``own`` (each method's published protocol, :data:`OWN_PROTOCOLS`; methods without
+            one are left out of it).
+        selections: model-selection rules to report (``all`` or names from
+            :data:`pgd.training.loop.SELECTIONS`; default: the stages' own rule, validation
+            loss): each run is evaluated with the weights every rule chose on the validation
+            split, one row per rule, without retraining.
 
     Returns:
         A :class:`GridResult`.
@@ -273,73 +468,100 @@ def run_grid(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("at least one seed is needed")
-    profile_name = get_profile(profile).name
+    schedule_list = (
+        parse_choices(schedules, tuple(PROFILES), "schedule")
+        if schedules is not None
+        else [get_profile(profile).name]
+    )
+    protocol_list = parse_choices(protocols, PROTOCOLS, "protocol")
+    rules = parse_selections(selections)  # the rows asked for, in this order
     folder = Path(out)
-    cells_dir, runs_dir = folder / "cells", folder / "runs"
-    base: dict[str, Any] = {"profile": profile_name, "device": device, "epochs": epochs}
+    cells_dir = folder / "cells"
+    common: dict[str, Any] = {"device": device, "epochs": epochs}
     if dataset == "cmnist":
         # Resolve "auto" once, so that a cell's name says which digits it was trained on.
-        base["digits"] = load_digits(digits, resolve_data_root(data_root)).source
+        common["digits"] = load_digits(digits, resolve_data_root(data_root)).source
     elif spec.stand_in:
-        base["stand_in"] = stand_in
+        common["stand_in"] = stand_in
+    if image_size is not None:
+        common["image_size"] = image_size
+    own = OWN_PROTOCOLS.get(dataset, {})
 
     # Every cell of the grid; tuned methods get their candidates at the first seed.
-    plan: list[tuple[str, float | None, list[Cell]]] = []  # (method, ratio, candidates)
-    for ratio in ratio_list:
-        for method in names:
-            first = _config(method, dataset, ratio, seed_list[0], base)
-            options = _candidates(first, method) if tune else [first]
-            plan.append((method, ratio, [Cell(method, c, tuning=True) for c in options]))
-    total = sum(len(c) for _, _, c in plan) + sum(len(seed_list) - 1 for _ in plan)
+    plan: list[tuple[str, list[Cell]]] = []  # (method, candidates)
+    for schedule in schedule_list:
+        for protocol in protocol_list:
+            for ratio in ratio_list:
+                for method in names:
+                    base = {**common, "profile": schedule}
+                    if protocol == "shared":
+                        if model is not None:
+                            base["model"] = model
+                    elif method in own:
+                        base.update(own[method].fields)
+                    else:
+                        continue  # no published protocol of its own for this dataset
+                    first = _config(method, dataset, ratio, seed_list[0], base)
+                    options = _candidates(first, method) if tune else [first]
+                    cells = [Cell(method, c, protocol, tuning=True) for c in options]
+                    plan.append((method, cells))
+    total = sum(len(c) + len(seed_list) - 1 for _, c in plan)
     show = progress if progress is not None else os.environ.get("PGD_PROGRESS", "1") != "0"
     bar = tqdm(total=total, desc=f"grid {dataset}", unit="run", disable=not show)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
     computed = 0
     began = time.perf_counter()
 
-    def execute(cell: Cell) -> dict[str, Any]:
+    def execute(cell: Cell) -> list[dict[str, Any]]:
         nonlocal computed
         path = cells_dir / f"{cell.key}.json"
-        if cell.key in records:
-            return records[cell.key]
-        record = _read_cell(path)
-        if record is None:
-            where = f"{cell.method}, ratio {cell.config.ratio}, seed {cell.config.seed}"
-            bar.set_postfix_str(where)
-            started = time.perf_counter()
-            result = run(
-                cell.config,
-                data_root=data_root,
-                checkpoint_dir=runs_dir / cell.key,
-                resume=True,
-                progress=False,
-            )
-            record = _row(cell, result, time.perf_counter() - started)
-            atomic_write_text(json.dumps(record, indent=1) + "\n", path)
-            computed += 1
-        records[cell.key] = record
+        if cell.key not in records:
+            rows = _read_cell(path)
+            if rows is not None and not set(SELECTIONS) <= {r["selection"] for r in rows}:
+                rows = None  # evaluated under fewer rules than there are: evaluate again
+            if rows is None:
+                where = f"{cell.method}, ratio {cell.config.ratio}, seed {cell.config.seed}"
+                bar.set_postfix_str(where)
+                started = time.perf_counter()
+                result = run(
+                    cell.config,
+                    data_root=data_root,
+                    resume=True,
+                    progress=False,
+                    selections=list(SELECTIONS),
+                )
+                rows = _rows(cell, result, time.perf_counter() - started)
+                atomic_write_text(json.dumps({"rows": rows}, indent=1) + "\n", path)
+                computed += 1
+            records[cell.key] = rows
         bar.update(1)
-        return record
+        return [r | {"protocol": cell.protocol} for r in records[cell.key]]
+
+    def asked(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [by_rule(found, rule) for rule in rules]
+
+    def by_rule(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+        return next(r for r in rows if r["selection"] == rule)
 
     rows: list[dict[str, Any]] = []
     tuning_rows: list[dict[str, Any]] = []
     try:
-        for method, _ratio, candidates in plan:
+        for method, candidates in plan:
             tried = [execute(c) for c in candidates]
-            best = max(range(len(tried)), key=lambda i: tried[i][SELECTION_METRIC])
+            scores = [by_rule(t, "valid_loss")[SELECTION_METRIC] for t in tried]
+            best = max(range(len(tried)), key=lambda i: scores[i])
             if len(candidates) > 1:
-                for i, record in enumerate(tried):
+                for i, found in enumerate(tried):
+                    record = by_rule(found, "valid_loss")
+                    keys = ("dataset", "ratio", "method", "seed", "schedule", "protocol")
                     tuning_rows.append(
-                        {
-                            k: record[k]
-                            for k in ("dataset", "ratio", "method", "seed", "hparams", "run")
-                        }
-                        | {SELECTION_METRIC: record[SELECTION_METRIC], "chosen": i == best}
+                        {k: record[k] for k in (*keys, "hparams", "run")}
+                        | {SELECTION_METRIC: scores[i], "chosen": i == best}
                     )
-            chosen = candidates[best].config
+            chosen = candidates[best]
             for seed in seed_list:
-                config = replace(chosen, seed=seed, data_seed=None)
-                rows.append(execute(Cell(method, config)))
+                config = replace(chosen.config, seed=seed, data_seed=None)
+                rows.extend(asked(execute(Cell(method, config, chosen.protocol))))
             _write_tables(folder, rows, tuning_rows)
     finally:
         bar.close()

@@ -9,19 +9,23 @@ the code version (:func:`stage_fingerprints`), so a killed run resumes where it 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import Tensor, nn
 
 from ..core.runtime import (
+    ConcentratedSamplingWarning,
     code_fingerprint,
     equivalent_code_versions,
     provenance,
@@ -32,13 +36,14 @@ from ..core.storage import tensor_checksum
 from ..datasets.base import DataRequest, Splits
 from ..datasets.images import ImageSplits
 from ..datasets.registry import build_dataset
-from ..methods.base import Trainer
+from ..methods.base import MethodOutcome, Trainer
 from ..methods.sampling import (
     probability_mass,
     sampling_diagnostics,
     sampling_probabilities,
     small_sample_warning,
 )
+from ..training.loop import ORACLE_SELECTIONS, SELECTIONS
 from ..training.metrics import group_accuracy_table, predict, summarize
 from ..training.schedules import stage_config
 from .config import ExperimentConfig
@@ -78,9 +83,19 @@ def load_data(
     return data.limit(profile.max_train, profile.max_eval)
 
 
-def _fingerprint(config: ExperimentConfig, data: Splits, stage: str, code: str) -> str:
+#: Settings that decide what is checked before training, never what is trained: left out of a
+#: checkpoint's identity, so that checking the files more or less thoroughly resumes the same run.
+CHECK_ONLY_FIELDS = ("verify",)
+
+
+def _fingerprint(
+    config: ExperimentConfig, data: Splits, stage: str, code: str, *, with_checks: bool = False
+) -> str:
+    record = config.record()
+    if not with_checks:
+        record = {k: v for k, v in record.items() if k not in CHECK_ONLY_FIELDS}
     ident = {
-        "config": config.record(),
+        "config": record,
         "stage": stage,
         "data": [data.source, tensor_checksum({"b": data.train.bias_labels})[:16], len(data.train)],
         "code": code,
@@ -89,11 +104,14 @@ def _fingerprint(config: ExperimentConfig, data: Splits, stage: str, code: str) 
 
 
 def stage_fingerprints(config: ExperimentConfig, data: Splits, stage: str) -> list[str]:
-    """Identities of a stage's checkpoint: configuration, stage, data and this code version,
-    then the same under every earlier code version proven to give identical results
-    (:func:`pgd.core.runtime.equivalent_code_versions`)."""
+    """Identities of a stage's checkpoint: configuration (less :data:`CHECK_ONLY_FIELDS`),
+    stage, data and this code version, then the same under every earlier code version proven to
+    give identical results (:func:`pgd.core.runtime.equivalent_code_versions`), then those
+    earlier versions' identities with the check settings in, as one earlier version wrote them."""
     versions = [code_fingerprint(), *sorted(equivalent_code_versions())]
-    return [_fingerprint(config, data, stage, version) for version in versions]
+    identities = [_fingerprint(config, data, stage, version) for version in versions]
+    earlier = versions[1:]
+    return identities + [_fingerprint(config, data, stage, v, with_checks=True) for v in earlier]
 
 
 def trainer(
@@ -148,6 +166,10 @@ class ExperimentResult:
         provenance: device, versions, code version.
         seconds: wall time.
         checkpoint_dir: where the stages' checkpoints are (None: none were written).
+        by_selection: for every selection rule asked for (``run(selections=...)``), the epoch
+            of the final stage it chose and the metrics of those weights:
+            ``{rule: {"epoch", "oracle", "metrics": {"test", "valid"}}}``. The rules choose on
+            the validation split only; the test split is evaluated afterwards, for reporting.
     """
 
     config: ExperimentConfig
@@ -163,6 +185,7 @@ class ExperimentResult:
     sampling: dict[str, Any] | None = None
     checkpoint_dir: Path | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    by_selection: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: configuration, data, seeds, device, metrics, timings."""
@@ -185,6 +208,8 @@ class ExperimentResult:
         }
         if self.extras:
             out["extras"] = self.extras
+        if self.by_selection:
+            out["by_selection"] = self.by_selection
         if self.sampling is not None:
             out["sampling"] = self.sampling
         if self.scores is not None:
@@ -232,6 +257,7 @@ def run(
     workers: int | None = None,
     download: bool = False,
     data: Splits | None = None,
+    selections: Sequence[str] = (),
 ) -> ExperimentResult:
     """Run one experiment end to end.
 
@@ -245,7 +271,16 @@ def run(
         workers, download: see :func:`load_data`.
         data: splits to use instead of loading ``config``'s dataset (any object with the
             attributes of :class:`pgd.datasets.base.Splits`; the tests pass synthetic ones).
+        selections: model-selection rules (:data:`pgd.training.loop.SELECTIONS`, or ``all``)
+            whose choice of the final stage's epoch to evaluate besides the stage's own rule
+            (validation loss): no retraining, the training loop keeps every rule's weights
+            (a checkpoint of an earlier code version, which kept only its own rule's, is
+            trained again). Results in ``by_selection``.
+
+    Raises:
+        ValueError: an unknown selection rule.
     """
+    rules = parse_selections(selections)
     began = time.perf_counter()
     device = resolve_device(config.device)
     if data is None:
@@ -265,9 +300,9 @@ def run(
         folder: Path | None = runs_root() / config.name(data.source)
     else:
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    trained = config.method_spec.run(
-        trainer(config, data, folder=folder, resume=resume, progress=progress)
-    )
+    setup = trainer(config, data, folder=folder, resume=resume, progress=progress)
+    setup.require_tracked = bool(rules)
+    trained = config.method_spec.run(setup)
     mass, sampling = None, None
     if trained.sampling_weights is not None:
         probabilities = sampling_probabilities(trained.sampling_weights)
@@ -280,7 +315,7 @@ def run(
         )
         warning = small_sample_warning(sampling)
         if warning:
-            warnings.warn(f"{config.method}: {warning}", stacklevel=2)
+            warnings.warn(f"{config.method}: {warning}", ConcentratedSamplingWarning, stacklevel=2)
     amp = stage_config(config.model, "vanilla", 1).amp
     predictions = {
         split: predict(trained.model, getattr(data, split), device=device, amp=amp)
@@ -288,6 +323,7 @@ def run(
     }
     metrics = {split: summarize(p) for split, p in predictions.items()}
     test_groups = group_accuracy_table(predictions["test"])
+    by_selection = _evaluate_selections(trained, rules, data, device, amp)
     train_conflicting = int(data.train.is_conflicting.sum())
     data_info = {
         "dataset": config.dataset,
@@ -333,4 +369,53 @@ def run(
         sampling=sampling,
         checkpoint_dir=folder,
         extras=trained.extras,
+        by_selection=by_selection,
     )
+
+
+def parse_selections(selections: Sequence[str] | str) -> list[str]:
+    """Selection rules from a list or comma-separated text (``all``: every rule), checked."""
+    names = selections.split(",") if isinstance(selections, str) else list(selections)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(SELECTIONS)
+    unknown = [n for n in names if n not in SELECTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown selection rule(s) {', '.join(unknown)}; choose from {', '.join(SELECTIONS)} "
+            "or all"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _evaluate_selections(
+    trained: MethodOutcome, rules: list[str], data: Splits, device: torch.device, amp: bool
+) -> dict[str, dict[str, Any]]:
+    """Metrics of the weights each rule chose (evaluated once per distinct epoch)."""
+    if not rules:
+        return {}
+    final = trained.final
+    missing = [r for r in rules if final is None or r not in final.selected]
+    if missing:
+        raise ValueError(
+            f"the final training stage has no weights for selection rule(s) {', '.join(missing)}: "
+            "its checkpoint was written by an earlier version of pgd that kept only its own "
+            "rule's weights. Delete the run's checkpoints to retrain it, or leave those rules out."
+        )
+    model = copy.deepcopy(trained.model)
+    by_epoch: dict[int, dict[str, dict[str, float]]] = {}
+    out = {}
+    for rule in rules:
+        epoch = final.selected[rule]
+        if epoch not in by_epoch:
+            model.load_state_dict(final.selected_states[rule])
+            by_epoch[epoch] = {
+                split: summarize(predict(model, getattr(data, split), device=device, amp=amp))
+                for split in ("test", "valid")
+            }
+        out[rule] = {
+            "epoch": epoch,
+            "oracle": rule in ORACLE_SELECTIONS,
+            "metrics": by_epoch[epoch],
+        }
+    return out

@@ -51,6 +51,8 @@ class Trainer:
         fingerprints: ``stage -> [fingerprint, *equivalent ones]`` identifying each stage's
             checkpoint (configuration, data, code; see :func:`pgd.training.loop.train`).
         score_batch_size: batch size of per-sample gradient passes over the training set.
+        require_tracked: stages need every selection rule's weights (see
+            :func:`pgd.training.loop.train`): a checkpoint without them is trained again.
     """
 
     data: Splits
@@ -65,6 +67,7 @@ class Trainer:
     progress: bool | None = None
     fingerprints: Callable[[str], Sequence[str]] = _no_fingerprints
     score_batch_size: int = 512
+    require_tracked: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +121,7 @@ class Trainer:
             desc=desc,
             progress=self.progress,
             objective=objective,
+            require_tracked=self.require_tracked,
         )
 
     def train_resampled(self, stage: str, weights: Tensor, *, desc: str) -> TrainResult:
@@ -142,6 +146,8 @@ class MethodOutcome:
             to (None: uniform batches).
         scores: PGD's ``(N,)`` per-sample gradient norms (None for the other methods).
         extras: method-specific diagnostics (JTT: its error set).
+        final: the final stage's :class:`~pgd.training.loop.TrainResult`, whose
+            ``selected_states`` hold the weights every selection rule chose for ``model``.
     """
 
     model: nn.Module
@@ -149,6 +155,7 @@ class MethodOutcome:
     sampling_weights: Tensor | None = None
     scores: Tensor | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    final: TrainResult | None = None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def run(trainer: Trainer) -> MethodOutcome:
         objective=objective,
         kind="vanilla",
     )
-    return MethodOutcome(result.model, {"groupdro": result.history})
+    return MethodOutcome(result.model, {"groupdro": result.history}, final=result)
 
 
 def _check_step(step: float) -> float:

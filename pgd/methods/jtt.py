@@ -49,7 +49,11 @@ def run(trainer: Trainer) -> MethodOutcome:
     }
     result = trainer.train_resampled("jtt", weights, desc="JTT 2/2 up-weighted model")
     return MethodOutcome(
-        result.model, {"jtt": result.history}, sampling_weights=weights, extras=extras
+        result.model,
+        {"jtt": result.history},
+        sampling_weights=weights,
+        extras=extras,
+        final=result,
     )
 
 

@@ -112,7 +112,7 @@ def run(trainer: Trainer) -> MethodOutcome:
     result = trainer.train_stage(
         "lff", pair, desc="LfF biased + debiased models", objective=objective, kind="vanilla"
     )
-    return MethodOutcome(result.model, {"lff": result.history})
+    return MethodOutcome(result.model, {"lff": result.history}, final=result)
 
 
 def _check_q(q: float) -> float:

@@ -73,7 +73,9 @@ def run(trainer: Trainer) -> MethodOutcome:
     scores = pgd_scores(biased.model, trainer)
     debiased = train_debiased(trainer, biased.model, scores)
     histories = {"biased": biased.history, "debiased": debiased.history}
-    return MethodOutcome(debiased.model, histories, sampling_weights=scores, scores=scores)
+    return MethodOutcome(
+        debiased.model, histories, sampling_weights=scores, scores=scores, final=debiased
+    )
 
 
 def _positive_order(value: float) -> float:

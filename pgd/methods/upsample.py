@@ -24,7 +24,9 @@ def run(trainer: Trainer) -> MethodOutcome:
         train.labels, train.bias_labels, int(train.bias_labels.max()) + 1
     )
     result = trainer.train_resampled("upsample", weights, desc="group upsampling (oracle)")
-    return MethodOutcome(result.model, {"upsample": result.history}, sampling_weights=weights)
+    return MethodOutcome(
+        result.model, {"upsample": result.history}, sampling_weights=weights, final=result
+    )
 
 
 SPEC = MethodSpec(

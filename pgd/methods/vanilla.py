@@ -7,7 +7,7 @@ from .base import MethodOutcome, MethodSpec, Trainer
 
 def run(trainer: Trainer) -> MethodOutcome:
     result = trainer.train_stage("vanilla", trainer.fresh_model(), desc="vanilla")
-    return MethodOutcome(result.model, {"vanilla": result.history})
+    return MethodOutcome(result.model, {"vanilla": result.history}, final=result)
 
 
 SPEC = MethodSpec(

@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,11 @@ from .metrics import predict
 PROGRESS_ENV = "PGD_PROGRESS"
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "gce")
-SELECTIONS = ("valid_loss", "valid_accuracy", "last")
+#: Model-selection rules: which epoch's weights a stage keeps. ``valid_group_accuracy`` (the
+#: mean accuracy over the validation split's (label, bias) groups) reads the validation split's
+#: bias labels: an oracle rule, like the methods that read the training split's.
+SELECTIONS = ("valid_loss", "valid_accuracy", "last", "valid_group_accuracy")
+ORACLE_SELECTIONS = ("valid_group_accuracy",)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ class TrainConfig:
         loss: ``ce`` (cross-entropy) or ``gce`` (generalized cross-entropy, the biased model's).
         gce_q: the GCE exponent q.
         selection: which epoch's weights to keep: lowest validation loss, highest validation
-            accuracy, or the last epoch.
+            accuracy, the last epoch, or highest validation group-mean accuracy (an oracle
+            rule: see :data:`SELECTIONS`). :func:`train` also keeps the weights every other rule
+            would choose.
         amp: mixed precision (float16 autocast with a gradient scaler) on CUDA; ignored on CPU.
         channels_last: channels-last memory format for model and images on CUDA (faster
             convolutions on tensor cores); ignored on CPU.
@@ -144,12 +150,19 @@ class TrainResult:
             learning rate, seconds; ``history.attrs["best_epoch"]`` repeats ``best_epoch``.
         best_epoch: the selected epoch (0-based).
         resumed_from: the epoch a resumed run continued after, else None.
+        selected: every tracked selection rule -> the epoch it chose (0-based); a rule is
+            missing when it cannot be applied exactly (a checkpoint of an older version of the
+            code, written before the rule was tracked).
+        selected_states: rule -> the weights of that epoch (CPU tensors, shared between rules
+            that chose the same epoch).
     """
 
     model: nn.Module
     history: pd.DataFrame
     best_epoch: int
     resumed_from: int | None = None
+    selected: dict[str, int] = field(default_factory=dict)
+    selected_states: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -185,11 +198,21 @@ def _is_better(selection: str, value: dict[str, float], best: float | None) -> b
         return True
     if selection == "valid_loss":
         return value["valid_loss"] <= best  # ties go to the later epoch, as in the official code
-    return value["valid_accuracy"] >= best
+    return value[selection] >= best  # accuracies: ties go to the later epoch too
 
 
 def _selection_value(selection: str, row: dict[str, float]) -> float:
-    return row["valid_accuracy"] if selection == "valid_accuracy" else row["valid_loss"]
+    return row["valid_loss"] if selection in ("valid_loss", "last") else row[selection]
+
+
+def group_mean_accuracy(correct: Tensor, labels: Tensor, bias_labels: Tensor) -> float:
+    """Mean accuracy over the (label, bias) groups present; ``(N,)`` tensors."""
+    bias = bias_labels.long() - int(bias_labels.min())
+    key = labels.long() * (int(bias.max()) + 1) + bias
+    counts = torch.bincount(key)
+    hits = torch.bincount(key, weights=correct.double())
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
 
 
 def _resume_note(resumed_from: int | None, epochs: int) -> str:
@@ -234,6 +257,7 @@ def train(
     progress: bool | None = None,
     stop_after_batches: int | None = None,
     objective: Objective | None = None,
+    require_tracked: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, selecting weights on ``valid_set``.
 
@@ -261,6 +285,9 @@ def train(
             simulate a killed run in tests).
         objective: the per-batch loss (default: ``config.loss`` on ``model(images)``); its state
             is checkpointed and restored with the model's.
+        require_tracked: the caller needs every selection rule's weights: a checkpoint written
+            by an earlier code version, which kept only its own rule's, is not resumed (the
+            stage starts afresh, with a warning) instead of leaving the other rules unavailable.
 
     Returns:
         A :class:`TrainResult` whose model holds the selected weights.
@@ -288,6 +315,9 @@ def train(
     identity = {"fingerprint": fingerprint, "config": asdict(config)}
 
     start, history, best_value, best_state, best_epoch, resumed_from = 0, [], None, None, -1, None
+    # Every other rule's choice, kept alongside (rule -> {"value", "epoch", "state"}); a rule
+    # absent from a resumed checkpoint stays unavailable rather than being guessed.
+    tracked: dict[str, dict[str, Any]] = {rule: {"value": None} for rule in SELECTIONS}
     state = None
     if resume and checkpoint is not None:
         try:
@@ -297,6 +327,13 @@ def train(
                 f"{error}. Delete {checkpoint} to restart this stage, or run without --resume."
             ) from error
     accepted = [identity] + [{**identity, "fingerprint": f} for f in equivalent]
+    if state is not None and require_tracked and not state.get("tracked"):
+        warnings.warn(
+            f"checkpoint {checkpoint} keeps only its own selection rule's weights (an earlier "
+            "version of pgd wrote it) and every rule's are asked for; training this stage again.",
+            stacklevel=2,
+        )
+        state = None
     if state is not None and state.get("identity") not in accepted:
         warnings.warn(
             f"checkpoint {checkpoint} was written for another configuration or code version; "
@@ -316,6 +353,7 @@ def train(
         objective.load_state_dict(state.get("objective") or {})
         history, best_value = state["history"], state["best_value"]
         best_state, best_epoch = state["best_state"], state["best_epoch"]
+        tracked = state.get("tracked") or {}  # none in checkpoints of earlier code versions
         start = resumed_from = state["epoch"] + 1
 
     summary_line = progress is None and os.environ.get(PROGRESS_ENV, "1") == "0"
@@ -369,11 +407,17 @@ def train(
             "lr": lr,
             "seconds": time.perf_counter() - began,
         }
+        row["valid_group_accuracy"] = group_mean_accuracy(
+            valid.correct, valid.labels, valid.bias_labels
+        )
         history.append(row)
         current = _cpu_state(model)  # a fresh copy, never modified: safe to keep as the best
         if _is_better(config.selection, row, best_value):
             best_value = _selection_value(config.selection, row)
             best_state, best_epoch = current, epoch
+        for rule, kept in tracked.items():
+            if _is_better(rule, row, kept["value"]):
+                kept.update(value=_selection_value(rule, row), epoch=epoch, state=current)
         bar.set_postfix(
             train_acc=f"{row['train_accuracy']:.3f}",
             valid_acc=f"{row['valid_accuracy']:.3f}",
@@ -396,6 +440,7 @@ def train(
                     "best_value": best_value,
                     "best_state": best_state,
                     "best_epoch": best_epoch,
+                    "tracked": tracked,  # states shared with best_state are stored once
                 },
                 checkpoint,
             )
@@ -413,7 +458,9 @@ def train(
         )
     frame = pd.DataFrame(history)
     frame.attrs["best_epoch"] = best_epoch
-    return TrainResult(model, frame, best_epoch, resumed_from)
+    selected = {rule: kept["epoch"] for rule, kept in tracked.items() if "state" in kept}
+    states = {rule: kept["state"] for rule, kept in tracked.items() if "state" in kept}
+    return TrainResult(model, frame, best_epoch, resumed_from, selected, states)
 
 
 def measure_throughput(
