@@ -109,4 +109,4 @@ def test_chapter_has_objectives_summary_and_hidden_solutions(path):
     text = "".join(_source(c) for c in _load(path)["cells"] if c["cell_type"] == "markdown")
     assert "Learning objectives" in text and "## Summary" in text
     exercises = text.split("## Exercises", 1)[1]
-    assert exercises.count(":class: dropdown") >= 3
+    assert exercises.count('<details class="solution">') >= 3

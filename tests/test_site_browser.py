@@ -27,8 +27,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Debian's packages by default; elsewhere (e.g. GitHub's runners, which ship Google Chrome) the
+# environment names the browser and its driver.
+CHROMIUM = Path(os.environ.get("PGD_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("PGD_CHROMEDRIVER", "/usr/bin/chromedriver"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 SLUG = CONFIG["repository"]["url"].removeprefix("https://github.com/")
 BRANCH = CONFIG["repository"].get("branch", "main")
@@ -182,6 +184,12 @@ Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 20000))]).the
     text: document.body.textContent,
     launch: Array.from(document.querySelectorAll(LAUNCH)).map(a => a.href)
       .filter(h => h.includes('colab.research.google.com')),
+    solutions: Array.from(document.querySelectorAll('details')).filter(
+      d => /^\\s*solution/i.test(d.querySelector('summary')?.textContent || '')).map(d => ({
+        open: d.open,
+        shown: Array.from(d.children).filter(c => c.tagName !== 'SUMMARY')
+          .some(c => c.checkVisibility()),  // false inside a closed <details>
+      })),
   });
 });
 """
@@ -301,6 +309,14 @@ def test_every_chapter_page_has_a_colab_launch_button_for_its_own_notebook(site,
         assert pages[rel]["launch"] == [expected], rel
         colab = [h for h in pages[rel]["links"] if "colab.research.google.com/github/" in h]
         assert set(colab) == {expected}, rel  # the badge in the notebook too
+
+
+def test_every_chapter_starts_with_its_exercise_solutions_collapsed(pages):
+    chapters = {rel: page for rel, page in pages.items() if rel.startswith("notebooks/")}
+    for rel, page in chapters.items():
+        assert len(page["solutions"]) >= 3, f"{rel}: fewer than 3 solutions found"
+        shown = [s for s in page["solutions"] if s["open"] or s["shown"]]
+        assert not shown, f"{rel}: {len(shown)} solutions visible before a click"
 
 
 def test_no_page_shows_a_traceback(pages):

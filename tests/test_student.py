@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "book" / "tools" / "make_student.py"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-# Written independently of the script: an opening fence of a solution admonition or dropdown.
-SOLUTION_OPENING = re.compile(r"^\s*(`{3,}|:{3,})\{(admonition|dropdown)\}\s*Solution", re.M | re.I)
+# Written independently of the script: the opening of a solution, an HTML <details> whose summary
+# says Solution (how the chapters write them) or a MyST admonition or dropdown titled Solution.
+SOLUTION_OPENING = re.compile(
+    r"^\s*((`{3,}|:{3,})\{(admonition|dropdown)\}\s*Solution"
+    r"|<details[^>]*>\s*\n?\s*<summary>(<b>)?\s*Solution)",
+    re.M | re.I,
+)
 EXERCISE = re.compile(r"^\*\*(\d+)\.", re.M)
 
 
@@ -86,6 +91,7 @@ def test_student_copy_has_no_solutions_but_every_exercise_text(path, student_dir
     text = "\n".join(_markdown(copy))
     assert not SOLUTION_OPENING.search(text)
     assert ":class: dropdown" not in _exercise_section(copy)
+    assert "<details" not in _exercise_section(copy)
     for exercise in _exercise_texts(_exercise_section(full)):
         assert exercise in text
     assert "## Summary" in text  # the rest of the chapter is there
@@ -136,6 +142,26 @@ def test_solutions_in_any_fence_style_are_removed_whole(tmp_path):
             "```{admonition} Hint",
             "kept: not a solution",
             "```",
+            "",
+            "**4. Details.** Fourth question.",
+            "",
+            '<details class="solution">',
+            "<summary><b>Solution</b></summary>",
+            "",
+            "answer four, with a nested hint:",
+            "<details><summary>Hint</summary>inner</details>",
+            "",
+            "</details>",
+            "",
+            "**5. One line.** Fifth question.",
+            "",
+            "<details><summary>Solution</summary>",
+            "",
+            "answer five",
+            "",
+            "</details>",
+            "",
+            "<details><summary>Background</summary>kept: not a solution either</details>",
         ]
     )
     nb = {
@@ -156,11 +182,20 @@ def test_solutions_in_any_fence_style_are_removed_whole(tmp_path):
     source = tmp_path / "07_new.ipynb"
     source.write_text(json.dumps(nb))
     report = module.write_student_copies([source], tmp_path / "out")
-    assert report == {"07_new.ipynb": 3}
+    assert report == {"07_new.ipynb": 5}
     copy = _load(tmp_path / "out" / "07_new.ipynb")
     shown = "".join(copy["cells"][0]["source"])
     assert "answer" not in shown and "Because" not in shown and "Solution" not in shown
-    for question in ("First question.", "Second question.", "Third question.", "kept: not a"):
+    assert "inner" not in shown and "</details>\n\n</details>" not in shown
+    for question in (
+        "First question.",
+        "Second question.",
+        "Third question.",
+        "Fourth question.",
+        "Fifth question.",
+        "kept: not a solution",
+        "kept: not a solution either",
+    ):
         assert question in shown
     code = copy["cells"][1]
     assert code["outputs"] == [] and code["execution_count"] is None

@@ -4,11 +4,12 @@
     python book/tools/make_student.py --out DIR a.ipynb b.ipynb
 
 Every code cell loses its outputs and execution count (and the timing metadata of the run).
-In markdown cells, every solution block is removed whole, from its opening fence to its closing
-one: a MyST directive ``{admonition}`` whose title starts with "Solution" (in the chapters written
-with ``:class: dropdown``) or a ``{dropdown}`` directive whose title starts with "Solution", in
-backtick or colon fences of any length. The exercise texts stay. Standard library only, so that an
-instructor can run it with any Python 3.10+.
+In markdown cells, every solution block is removed whole: an HTML ``<details>`` element whose
+``<summary>`` starts with "Solution" (how the chapters write them, so that they stay collapsed in
+Colab and Jupyter as on the site), from ``<details`` to its ``</details>``; or a MyST directive
+``{admonition}`` or ``{dropdown}`` whose title starts with "Solution", from its opening fence to its
+closing one, in backtick or colon fences of any length. The exercise texts stay. Standard library
+only, so that an instructor can run it with any Python 3.10+.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ _OPEN = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<title>.*)$"
 )
 _EXERCISE = re.compile(r"^\*\*\d+\.", re.M)
+# An HTML solution: <details ...> then, on the same line or the next, <summary>Solution...
+_SUMMARY = re.compile(
+    r"^[ \t]*(<details\b[^>]*>)?[ \t]*<summary>(<b>|<strong>)?[ \t]*solution", re.I
+)
 
 
 def is_solution_opening(line: str) -> re.Match[str] | None:
@@ -40,12 +45,31 @@ def is_solution_opening(line: str) -> re.Match[str] | None:
     return None
 
 
+def _details_solution_end(lines: list[str], i: int) -> int | None:
+    """If ``lines[i]`` opens a ``<details>`` solution, the index just past its ``</details>``
+    (nested ``<details>`` counted; unclosed: the end of the cell)."""
+    if not re.match(r"^[ \t]*<details\b", lines[i], re.I):
+        return None
+    same_line = "<summary" in lines[i].lower()
+    summary = lines[i] if same_line else (lines[i + 1] if i + 1 < len(lines) else "")
+    if not _SUMMARY.match(summary):
+        return None
+    depth = 0
+    for j in range(i, len(lines)):
+        depth += len(re.findall(r"<details\b", lines[j], re.I))
+        depth -= len(re.findall(r"</details>", lines[j], re.I))
+        if depth <= 0:
+            return j + 1
+    return len(lines)
+
+
 def strip_solutions(text: str) -> tuple[str, int]:
     """``text`` without its solution blocks, and how many were removed.
 
-    A block ends at the first later line made only of the opening fence's character, at least as
-    many of them as the opening fence (the MyST/CommonMark rule); inner fences are shorter or of
-    the other character. An unclosed block runs to the end of the cell, as MyST renders it.
+    A ``<details>`` block ends with its matching ``</details>``. A fenced block ends at the first
+    later line made only of the opening fence's character, at least as many of them as the opening
+    fence (the MyST/CommonMark rule); inner fences are shorter or of the other character. An
+    unclosed block runs to the end of the cell, as MyST renders it.
     """
     lines = text.split("\n")
     kept: list[str] = []
@@ -53,16 +77,20 @@ def strip_solutions(text: str) -> tuple[str, int]:
     i = 0
     while i < len(lines):
         found = is_solution_opening(lines[i])
-        if not found:
+        end = _details_solution_end(lines, i)
+        if not found and end is None:
             kept.append(lines[i])
             i += 1
             continue
-        fence = found.group("fence")
-        closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
-        i += 1
-        while i < len(lines) and not closing.match(lines[i]):
+        if end is not None:
+            i = end
+        else:
+            fence = found.group("fence")
+            closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
             i += 1
-        i += 1  # the closing fence
+            while i < len(lines) and not closing.match(lines[i]):
+                i += 1
+            i += 1  # the closing fence
         removed += 1
         # one blank line between what came before and what follows is enough
         while kept and kept[-1].strip() == "" and i < len(lines) and lines[i].strip() == "":
