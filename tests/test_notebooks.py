@@ -110,3 +110,13 @@ def test_chapter_has_objectives_summary_and_hidden_solutions(path):
     assert "Learning objectives" in text and "## Summary" in text
     exercises = text.split("## Exercises", 1)[1]
     assert exercises.count('<details class="solution">') >= 3
+
+
+def test_output_checks_are_cell_tags_not_comments_in_reader_code():
+    """nbval reads its markers from cell tags too: the code a reader sees carries none."""
+    tagged = 0
+    for path in NOTEBOOKS:
+        for cell in _code_cells(_load(path)):
+            assert "NBVAL" not in _source(cell), f"{path.name}: an nbval comment in the code"
+            tagged += "nbval-check-output" in cell["metadata"].get("tags", [])
+    assert tagged >= 4  # the deterministic cells whose committed output the smoke run must match

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,8 @@ from pgd.core.profiles import get_profile
 from pgd.core.runtime import provenance, resolve_device
 from pgd.models import build_model
 from pgd.training.metrics import group_accuracy_table, predict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sample_grid_shows_aligned_and_conflicting_panels(cmnist):
@@ -61,6 +64,8 @@ def test_provenance_names_device_versions_and_code():
     assert info["device"].startswith("cpu")
     assert info["torch"] == torch.__version__.split("+")[0] or info["torch"].startswith("2.")
     assert len(info["pgd code"]) == 12
+    assert info["platform"] == f"{platform.system()} {platform.machine()}"  # no kernel string
+    assert platform.release() not in " ".join(info.values())
     table = provenance_table(get_profile("quick"), resolve_device("cpu"), "some data")
     assert (
         table.loc["profile", "value"].startswith("quick")
@@ -112,6 +117,29 @@ def test_missing_benchmark_results_say_how_to_make_them(monkeypatch):
         notebook.benchmark_results("no_such_table.csv")
 
 
+def test_results_are_read_from_the_installed_copy_without_the_checkout_or_network(
+    tmp_path, monkeypatch
+):
+    """On Colab the package is pip-installed: the tables come with it (pyproject's data-files)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    from pgd.book import notebook
+
+    assert notebook.RESULTS_FOLDERS[0] == ROOT / "benchmarks" / "results"  # the checkout first
+    installed = tmp_path / "share" / "pgd-book" / "results"
+    installed.mkdir(parents=True)
+    (installed / "table.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setattr(notebook, "RESULTS_FOLDERS", (tmp_path / "no-checkout", installed))
+    monkeypatch.setattr(notebook, "BENCHMARK_URL", "file:///nonexistent/")
+    assert notebook.benchmark_results("table.csv").to_dict("list") == {"a": [1], "b": [2]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = project["tool"]["setuptools"]["data-files"]["share/pgd-book/results"]
+    assert shipped == ["benchmarks/results/*.csv"]
+
+
 def test_score_agreement_plot_has_both_groups():
     conflicting = torch.arange(40) >= 35
     ax = plots.plot_score_agreement(torch.rand(40), torch.rand(40) + 1, conflicting)
@@ -154,6 +182,25 @@ def test_paths_are_shown_relative_to_the_working_folder_or_home(tmp_path, monkey
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert display_path(tmp_path / "home" / "data") == "~/data"
     assert display_path(Path("/usr/share")) == "/usr/share"
+
+
+def test_paths_in_the_same_project_are_shown_relative_to_the_notebook_folder(tmp_path, monkeypatch):
+    from pgd.core.runtime import display_path
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert display_path(tmp_path / "_build" / "runs-full") == "../_build/runs-full"
+
+
+def test_a_notice_is_printed_once_and_wrapped(capsys):
+    from pgd.core.runtime import notice
+
+    shown = notice("Stand-in data", "word " * 60, key="test notice")
+    assert shown is not None and shown.startswith("NOTE: Stand-in data. word")
+    assert max(len(line) for line in shown.splitlines()) <= 100
+    assert notice("Stand-in data", "said again", key="test notice") is None
+    assert capsys.readouterr().out == shown + "\n"
 
 
 def test_code_fingerprint_ignores_the_book_layer_and_nothing_else(tmp_path, monkeypatch):
@@ -200,3 +247,23 @@ def test_groups_are_named_in_the_words_of_the_data():
         "Blond_Hair / not Male",
     ]
     assert named["accuracy"].tolist() == [0.9, 0.5, 1.0]  # the table itself is kept
+
+
+def test_missing_data_is_reported_wrapped_with_the_machine_s_folders_shortened(
+    tmp_path, monkeypatch, capsys
+):
+    from pgd.book.notebook import report_missing_data
+    from pgd.datasets.base import DataUnavailableError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / ".cache" / "pgd" / "celeba"
+    error = DataUnavailableError(
+        f"CelebA is not in {folder} (looked for list_attr_celeba.txt). "
+        + "Download it from the mirror with prepare_celeba(). " * 5
+    )
+    text = report_missing_data("CelebA", error, "the stand-in of drawn faces")
+    assert capsys.readouterr().out == text + "\n"
+    assert text.startswith("CelebA is not available here, so this run uses the stand-in")
+    assert "~/.cache/pgd/celeba" in text and str(tmp_path) not in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "prepare_celeba()" in text.splitlines()[-1]  # nothing cut off

@@ -4,7 +4,10 @@ locally, apply the book's figure style, print provenance tables, read benchmark 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import sysconfig
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,25 +86,55 @@ def provenance_table(profile: Profile, device: torch.device, data_description: s
     return pd.DataFrame({"value": rows}).rename_axis("provenance")
 
 
+#: An absolute path inside a message: shown the way :func:`display_path` shows paths.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s,;:()'\"]+")
+
+
+def report_missing_data(name: str, error: BaseException, instead: str) -> str:
+    """Print that dataset ``name`` is not available here, how to get it (``error``'s message,
+    the machine's folders shown relative or with ``~``) and what the chapter uses ``instead``,
+    wrapped at 100 characters; return the text.
+
+    Example: ``report_missing_data("CelebA", error, "the stand-in of drawn faces")``.
+    """
+    how = _ABSOLUTE_PATH.sub(lambda m: display_path(m.group(0)), " ".join(str(error).split()))
+    paragraphs = [f"{name} is not available here, so this run uses {instead}.", f"To get it: {how}"]
+    text = "\n".join(
+        textwrap.fill(p, 100, break_long_words=False, break_on_hyphens=False) for p in paragraphs
+    )
+    print(text)
+    return text
+
+
 BENCHMARK_URL = "https://raw.githubusercontent.com/pgd-book/pgd-book/main/benchmarks/results/"
+
+#: Where the committed results tables are looked for, in order: this checkout's
+#: ``benchmarks/results``, then the copy a pip install puts in ``<prefix>/share/pgd-book/results``
+#: (pyproject's data-files).
+RESULTS_FOLDERS = (
+    Path(__file__).resolve().parents[2] / "benchmarks" / "results",
+    Path(sysconfig.get_path("data")) / "share" / "pgd-book" / "results",
+)
 
 
 def benchmark_results(name: str = "per_sample_norms_cpu.csv") -> pd.DataFrame:
-    """A results table written by ``benchmarks/`` (``make bench``): from this checkout when the
-    package is installed from it, else (on Colab) from the repository on GitHub.
+    """A results table written by ``benchmarks/`` (``make bench``) or the comparison grid
+    (``make grid``): from this checkout, else from the copy installed with the package (Colab),
+    else from the repository on GitHub.
 
     Raises:
-        FileNotFoundError: not in this checkout and not downloadable; says how to make it.
+        FileNotFoundError: found nowhere; says how to make it.
     """
-    local = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name
-    if local.is_file():
-        return pd.read_csv(local)
+    for folder in RESULTS_FOLDERS:
+        if (folder / name).is_file():
+            return pd.read_csv(folder / name)
     try:
         return pd.read_csv(BENCHMARK_URL + name)
     except Exception as error:  # no network, or not published
+        places = ", ".join(display_path(f) for f in RESULTS_FOLDERS)
         raise FileNotFoundError(
-            f"benchmark results {name} are neither at {local} nor at {BENCHMARK_URL}: run "
-            "`make bench` (or python benchmarks/per_sample_norms.py) in a clone of the repository"
+            f"results table {name} is neither in {places} nor at {BENCHMARK_URL}: run "
+            "`make bench` or `make grid` in a clone of the repository"
         ) from error
 
 

@@ -161,6 +161,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: from /proc/cpuinfo), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     """What produced a result: device, platform, package versions and code version.
 
@@ -172,13 +183,11 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
         index = device.index if device.index is not None else torch.cuda.current_device()
         device_name = f"{device} ({torch.cuda.get_device_name(index)})"
     else:
-        device_name = (
-            f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
-        )
+        device_name = f"cpu ({torch.get_num_threads()} threads, {_cpu_model()})"
     info = {
         "device": device_name,
         "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
+        "platform": f"{platform.system()} {platform.machine()}",  # no kernel or host string
     }
     for package in ("pgd-book", "torch", "torchvision", "numpy", "mlxtend"):
         info[package] = _version(package)
@@ -187,6 +196,30 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     if commit:
         info["git commit"] = commit
     return info
+
+
+#: Keys of the notices already printed by this process (see :func:`notice`).
+_NOTICES_SHOWN: set[str] = set()
+NOTICE_WIDTH = 100
+
+
+def notice(title: str, text: str, *, key: str | None = None) -> str | None:
+    """Print ``NOTE: title. text``, wrapped at :data:`NOTICE_WIDTH` characters, once per process
+    for its ``key`` (default: the title), and return it (None when it was shown already).
+
+    Used where a result could be mistaken for the real thing (data other than the real dataset):
+    a notebook that builds such data ten times says so once, in a few lines that need no
+    scrolling, and a log says it beside the results.
+    """
+    key = key or title
+    if key in _NOTICES_SHOWN:
+        return None
+    _NOTICES_SHOWN.add(key)
+    text = textwrap.fill(
+        f"NOTE: {title}. {text}", NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False
+    )
+    print(text, flush=True)
+    return text
 
 
 def loud_warning(title: str, *lines: str) -> str:
@@ -214,14 +247,29 @@ class ConcentratedSamplingWarning(PGDWarning):
     mostly see the same images again and again."""
 
 
+def _project_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` that holds a project (``pyproject.toml`` or a
+    ``.git``), or None."""
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    return None
+
+
 def display_path(path: str | os.PathLike) -> str:
     """``path`` as a reader should see it in printed output: relative to the working directory
-    when inside it, with ``~`` for the home folder, else as it is."""
+    when inside it or inside the same project (a notebook in ``notebooks/`` shows
+    ``../_build/runs-full``), with ``~`` for the home folder, else as it is. Printed outputs
+    that are committed then name no folder of the machine that made them."""
     path = Path(path)
+    cwd = Path.cwd()
     try:
-        return str(path.relative_to(Path.cwd())) or "."
+        return str(path.relative_to(cwd)) or "."
     except ValueError:
         pass
+    project = _project_root(cwd)
+    if project is not None and path.is_relative_to(project):
+        return os.path.relpath(path, cwd)
     try:
         return str(Path("~") / path.relative_to(Path.home()))
     except (ValueError, RuntimeError):

@@ -27,6 +27,34 @@ class DataUnavailableError(RuntimeError):
     """A dataset is neither on disk nor downloadable; the message says what to do instead."""
 
 
+#: What failed network calls say, in the texts of the exceptions Python and torchvision raise.
+_OFFLINE_SIGNS = (
+    "urlopen error",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "network is unreachable",
+    "connection refused",
+    "no route to host",
+    "timed out",
+)
+
+
+def download_failure_in_words(error: BaseException) -> str:
+    """Why a download failed, in words for a reader rather than an exception's text: "no
+    internet connection" when the error (or one it was raised from) is a network failure,
+    else "the download failed"."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError) or any(
+            sign in str(current).lower() for sign in _OFFLINE_SIGNS
+        ):
+            return "no internet connection"
+        current = current.__cause__ or current.__context__
+    return "the download failed"
+
+
 class SplitDataset(Protocol):
     """One split of any dataset of the book (Colored MNIST, image files...)."""
 

