@@ -28,3 +28,14 @@ def test_unknown_profile_lists_the_valid_ones(monkeypatch):
 def test_a_profile_object_passes_through():
     custom = Profile("custom", epochs=3, max_train=10, max_eval=10, seeds=(0,))
     assert get_profile(custom) is custom
+
+
+def test_quick_is_bounded_by_work_and_leaves_the_offline_subset_whole(cmnist):
+    """quick caps the data, so that full MNIST costs what the 3,600-digit subset costs; the
+    subset itself (and with it every quick run on it) is unchanged."""
+    quick = PROFILES["quick"]
+    assert quick.max_train == 4000 and quick.max_eval == 2000
+    capped = cmnist.limit(quick.max_train, quick.max_eval)
+    assert len(capped.train) == len(cmnist.train) == 3600
+    assert capped.train is cmnist.train and len(capped.test) == len(cmnist.test)
+    assert PROFILES["full"].max_train is None and PROFILES["full"].max_eval is None
