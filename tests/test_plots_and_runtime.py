@@ -267,3 +267,45 @@ def test_missing_data_is_reported_wrapped_with_the_machine_s_folders_shortened(
     assert "~/.cache/pgd/celeba" in text and str(tmp_path) not in text
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "prepare_celeba()" in text.splitlines()[-1]  # nothing cut off
+
+
+class _ReadsColour(torch.nn.Module):
+    """Answers the class whose palette colour is nearest the digit's stroke colour."""
+
+    def forward(self, images):
+        from pgd.datasets.cmnist import PALETTE
+
+        stroke = images.amax(dim=(2, 3))  # (B, 3): the brightest value per channel
+        return -torch.cdist(stroke, PALETTE.to(stroke)).pow(2)
+
+
+class _ReadsShape(torch.nn.Module):
+    """Answers a fixed class per digit shape, whatever its colour (here: the true label)."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = answers
+
+    def forward(self, images):
+        # every digit comes in 10 colours in a row; the k-th block of 10 is digit k of the batch
+        labels = self.answers[: len(images) // 10].repeat_interleave(10)
+        return torch.nn.functional.one_hot(labels, 10).float()
+
+
+def test_colour_sway_counts_the_colours_whose_class_the_model_answers(cmnist):
+    from pgd.book.probes import colour_sway, most_swayed_digit
+
+    test = cmnist.test.head(30)
+    assert torch.equal(colour_sway(_ReadsColour(), test, batch_digits=7), torch.full((30,), 10))
+    shape = colour_sway(_ReadsShape(test.labels), test, batch_digits=30)
+    assert torch.equal(shape, torch.ones(30, dtype=torch.long))  # only in its own colour
+    assert most_swayed_digit(_ReadsColour(), test) == (0, 10)
+
+
+def test_conflicting_share_plot_reaches_past_the_measured_ratio_on_a_log_axis():
+    from pgd.book.theory import conflicting_share
+
+    ax = plots.plot_conflicting_share((0.005, 0.01), conflicting_share, (1398.0, 0.93, "measured"))
+    assert ax.get_xscale() == "log" and ax.get_xlim()[1] >= 13_980
+    assert len(ax.lines) == 3 and len(ax.collections) == 1  # two curves, the 0.5 line, the point
+    plt.close(ax.figure)

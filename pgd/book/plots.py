@@ -147,9 +147,10 @@ def plot_training_curves(
 
 def plot_group_heatmap(groups: pd.DataFrame, ax=None, title: str | None = None) -> plt.Axes:
     """Accuracy (%) of every (label, bias) group as a heatmap: rows are labels, columns the bias
-    attribute (for Colored MNIST: the colour's class). A biased model is bright on the diagonal."""
+    attribute (for Colored MNIST: the colour's class). A biased model is bright on the diagonal.
+    Sized so that the hundred numbers of Colored MNIST stay readable on a page."""
     table = groups.pivot(index="label", columns="bias", values="accuracy") * 100
-    ax = ax or plt.subplots(figsize=(6, 5))[1]
+    ax = ax or plt.subplots(figsize=(8.5, 7))[1]
     sns.heatmap(
         table,
         vmin=0,
@@ -159,7 +160,7 @@ def plot_group_heatmap(groups: pd.DataFrame, ax=None, title: str | None = None) 
         fmt=".0f",
         ax=ax,
         cbar_kws={"label": "accuracy (%)"},
-        annot_kws={"size": 7},
+        annot_kws={"size": 10},
     )
     ax.set_xlabel("colour (class whose colour it is)")
     ax.set_ylabel("digit (label)")
@@ -196,6 +197,34 @@ def plot_recoloured(images: torch.Tensor, predicted: torch.Tensor, label: int) -
         ax.grid(False)
     fig.suptitle(f"a {label}, painted in each colour", fontsize=10, y=1.05)
     return fig
+
+
+def plot_conflicting_share(
+    rhos: tuple[float, ...], share, measured: tuple[float, float, str] | None = None, ax=None
+) -> plt.Axes:
+    """The share of sampling mass on bias-conflicting samples, ``share(rho, r)``, against the
+    score ratio ``r`` (log scale, up to ten times the measured ratio or 1,000), one curve per
+    conflicting share ``rho``; ``measured`` = ``(r, mass, label)`` adds a measured point.
+
+    Args:
+        rhos: conflicting shares, e.g. ``(0.005, 0.01, 0.05)``.
+        share: ``share(rho, r) -> float`` (e.g. :func:`pgd.book.theory.conflicting_share`).
+    """
+    top = max(1_000.0, 10 * measured[0]) if measured else 1_000.0
+    ratios = np.logspace(0, np.log10(top), 200)
+    ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
+    for rho in rhos:
+        ax.plot(ratios, [share(rho, r) for r in ratios], label=rf"$\rho$ = {rho:.1%}")
+    if measured:
+        r, mass, label = measured
+        ax.scatter([r], [mass], color="black", zorder=3, label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("score ratio r (mean conflicting score / mean aligned score)")
+    ax.set_ylabel("mass on conflicting samples")
+    ax.legend(fontsize="small")
+    return ax
 
 
 def plot_benchmark(table: pd.DataFrame, ax=None) -> plt.Axes:
