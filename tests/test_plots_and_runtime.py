@@ -198,7 +198,7 @@ def test_a_notice_is_printed_once_and_wrapped(capsys):
 
     shown = notice("Stand-in data", "word " * 60, key="test notice")
     assert shown is not None and shown.startswith("NOTE: Stand-in data. word")
-    assert max(len(line) for line in shown.splitlines()) <= 100
+    assert max(len(line) for line in shown.splitlines()) <= 84
     assert notice("Stand-in data", "said again", key="test notice") is None
     assert capsys.readouterr().out == shown + "\n"
 
@@ -265,7 +265,7 @@ def test_missing_data_is_reported_wrapped_with_the_machine_s_folders_shortened(
     assert capsys.readouterr().out == text + "\n"
     assert text.startswith("CelebA is not available here, so this run uses the stand-in")
     assert "~/.cache/pgd/celeba" in text and str(tmp_path) not in text
-    assert max(len(line) for line in text.splitlines()) <= 100
+    assert max(len(line) for line in text.splitlines()) <= 84
     assert "prepare_celeba()" in text.splitlines()[-1]  # nothing cut off
 
 

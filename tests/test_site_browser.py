@@ -170,10 +170,17 @@ def browser():
 _READ_PAGE = """
 const LAUNCH = '.dropdown-launch-buttons a[href]';
 const done = arguments[arguments.length - 1];
+// ChromeDriver can hand over a page that is still being parsed: wait for the whole document.
+const parsed = new Promise(r => {
+  const check = () => document.readyState === 'complete' ? r() : setTimeout(check, 50);
+  check();
+});
+parsed.then(() => {
 window.scrollTo(0, document.body.scrollHeight);
 const pending = Array.from(document.images).filter(i => !i.complete).map(
   i => new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }));
-Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 20000))]).then(() => {
+return Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 20000))]);
+}).then(() => {
   window.scrollTo(0, 0);
   done({
     title: document.title,

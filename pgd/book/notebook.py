@@ -17,6 +17,7 @@ import torch
 from ..core.profiles import Profile, get_profile
 from ..core.runtime import (
     DATA_ENV,
+    NOTICE_WIDTH,
     RUNS_ENV,
     data_root,
     display_path,
@@ -71,7 +72,19 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
     pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
     print(f"{'Colab' if colab else 'local'} run; {found}")
     seeds = ", ".join(map(str, profile.seeds))
-    print(f"profile {profile.name!r}: {profile.epochs} epochs per training stage; seeds {seeds}")
+    per_dataset = ", ".join(f"{d} {e}" for d, e in profile.dataset_epochs)
+    limits = (
+        f"; at most {profile.max_train:,} training and {profile.max_eval:,} validation and test "
+        "images"
+        if profile.max_train
+        else ""
+    )
+    line = (
+        f"profile {profile.name!r}: {profile.epochs} epochs per training stage"
+        + (f" ({per_dataset})" if per_dataset else "")
+        + f"{limits}; seeds {seeds}; a chapter that sets its own says so"
+    )
+    print(textwrap.fill(line, NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False))
     print(f"data in {display_path(env.data_root)}; checkpoints in {display_path(env.runs_root)}")
     return env
 
@@ -93,14 +106,15 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s,;:()'\"]+")
 def report_missing_data(name: str, error: BaseException, instead: str) -> str:
     """Print that dataset ``name`` is not available here, how to get it (``error``'s message,
     the machine's folders shown relative or with ``~``) and what the chapter uses ``instead``,
-    wrapped at 100 characters; return the text.
+    wrapped at :data:`~pgd.core.runtime.NOTICE_WIDTH` characters; return the text.
 
     Example: ``report_missing_data("CelebA", error, "the stand-in of drawn faces")``.
     """
     how = _ABSOLUTE_PATH.sub(lambda m: display_path(m.group(0)), " ".join(str(error).split()))
     paragraphs = [f"{name} is not available here, so this run uses {instead}.", f"To get it: {how}"]
     text = "\n".join(
-        textwrap.fill(p, 100, break_long_words=False, break_on_hyphens=False) for p in paragraphs
+        textwrap.fill(p, NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False)
+        for p in paragraphs
     )
     print(text)
     return text

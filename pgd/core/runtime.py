@@ -200,7 +200,9 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
 
 #: Keys of the notices already printed by this process (see :func:`notice`).
 _NOTICES_SHOWN: set[str] = set()
-NOTICE_WIDTH = 100
+#: Width of printed notices: the book's site shows about 85 characters of an output line without
+#: scrolling, and Jupyter and Colab more.
+NOTICE_WIDTH = 84
 
 
 def notice(title: str, text: str, *, key: str | None = None) -> str | None:
