@@ -195,7 +195,7 @@ def plot_recoloured(images: torch.Tensor, predicted: torch.Tensor, label: int) -
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
-    fig.suptitle(f"a {label}, painted in each colour", fontsize=10, y=1.05)
+    fig.suptitle(f"a test digit labelled {label}, painted in each colour", fontsize=10, y=1.05)
     return fig
 
 
