@@ -309,3 +309,29 @@ def test_conflicting_share_plot_reaches_past_the_measured_ratio_on_a_log_axis():
     assert ax.get_xscale() == "log" and ax.get_xlim()[1] >= 13_980
     assert len(ax.lines) == 3 and len(ax.collections) == 1  # two curves, the 0.5 line, the point
     plt.close(ax.figure)
+
+
+def test_lff_final_weights_are_the_objective_s_own_from_a_saved_checkpoint(tmp_path):
+    from pgd.book.probes import lff_final_weights, weights_by_group
+    from pgd.methods.lff import LfFObjective
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    objective = LfFObjective(6)
+    objective.loss_b = torch.rand(6, generator=gen)
+    objective.loss_d = torch.rand(6, generator=gen)
+    objective.labels = labels.clone()
+    torch.save({"objective": objective.state_dict()}, tmp_path / "lff.pt")
+    weights = lff_final_weights(tmp_path / "lff.pt", labels)
+    # the plain computation: each average divided by its class maximum, then l_b / (l_b + l_d)
+    b = objective.loss_b / torch.where(
+        labels == 0, objective.loss_b[:3].max(), objective.loss_b[3:].max()
+    )
+    d = objective.loss_d / torch.where(
+        labels == 0, objective.loss_d[:3].max(), objective.loss_d[3:].max()
+    )
+    assert torch.allclose(weights, b / (b + d + 1e-8))
+    table = weights_by_group(weights, labels, torch.tensor([0, 0, 1, 1, 1, 0]))
+    assert table["samples"].sum() == 6 and abs(table["share of weight (%)"].sum() - 100) < 1e-4
+    row = table[(table["label"] == 0) & (table["bias"] == 1)].iloc[0]
+    assert row["samples"] == 1 and abs(row["mean weight"] - float(weights[2])) < 1e-7
