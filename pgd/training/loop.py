@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..core.runtime import display_path
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from ..datasets.base import batch_loader
 from ..gradients.scores import batch_last_layer_grad_norms
@@ -329,15 +330,16 @@ def train(
     accepted = [identity] + [{**identity, "fingerprint": f} for f in equivalent]
     if state is not None and require_tracked and not state.get("tracked"):
         warnings.warn(
-            f"checkpoint {checkpoint} keeps only its own selection rule's weights (an earlier "
-            "version of pgd wrote it) and every rule's are asked for; training this stage again.",
+            f"checkpoint {display_path(checkpoint)} keeps only its own selection rule's weights "
+            "(an earlier version of pgd wrote it) and every rule's are asked for; training this "
+            "stage again.",
             stacklevel=2,
         )
         state = None
     if state is not None and state.get("identity") not in accepted:
         warnings.warn(
-            f"checkpoint {checkpoint} was written for another configuration or code version; "
-            "starting this stage from scratch (it will be overwritten).",
+            f"checkpoint {display_path(checkpoint)} was written for another configuration or code "
+            "version; starting this stage from scratch (it will be overwritten).",
             stacklevel=2,
         )
         state = None
