@@ -335,3 +335,33 @@ def test_lff_final_weights_are_the_objective_s_own_from_a_saved_checkpoint(tmp_p
     assert table["samples"].sum() == 6 and abs(table["share of weight (%)"].sum() - 100) < 1e-4
     row = table[(table["label"] == 0) & (table["bias"] == 1)].iloc[0]
     assert row["samples"] == 1 and abs(row["mean weight"] - float(weights[2])) < 1e-7
+
+
+def test_settings_plot_has_a_panel_per_schedule_and_a_column_per_protocol_and_rule():
+    rows = [
+        {
+            "ratio": 0.01,
+            "method": m,
+            "schedule": sch,
+            "protocol": p,
+            "selection": rule,
+            "seed": s,
+            "accuracy": 40.0 + 10 * (m == "pgd") + s,
+        }
+        for m in ("vanilla", "pgd")
+        for sch in ("full", "quick")
+        for p in ("shared", "own")
+        for rule in ("valid_loss", "last")
+        for s in range(3)
+    ]
+    fig = plots.plot_settings(pd.DataFrame(rows), ratio=0.01, methods=["vanilla", "pgd"])
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["full schedule", "quick schedule"]
+    labels = [t.get_text() for t in axes[0].get_xticklabels()]
+    assert labels == ["shared\nval. loss", "shared\nlast", "own\nval. loss", "own\nlast"]
+    # one legend for the figure, naming every method once
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "Vanilla (ERM)",
+        "PGD (last layer)",
+    ]
+    plt.close(fig)

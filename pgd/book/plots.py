@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from ..datasets.cmnist import PALETTE
 from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from ..experiments.compare import LABELS, setting_label
+from ..experiments.compare import LABELS
 
 GROUP_COLOURS = {"bias-aligned": "#4C72B0", "bias-conflicting": "#DD8452"}
 
@@ -456,40 +456,72 @@ def plot_folder_examples(data, per_class: int = 6, conflicting: int = 2, seed: i
     return fig
 
 
+#: How the settings plot names the selection rules (x-axis labels have little room).
+RULE_LABELS = {
+    "valid_loss": "val. loss",
+    "valid_accuracy": "val. acc.",
+    "last": "last",
+    "valid_group_accuracy": "val. groups",
+}
+
+
 def plot_settings(
     results: pd.DataFrame,
     *,
     ratio: float | None,
     methods: list[str],
     metric: str = "accuracy",
-    ax=None,
-) -> plt.Axes:
+    title: str | None = None,
+) -> Figure:
     """Mean ``metric`` (with one standard deviation over seeds) of each of ``methods`` under
-    every training setting of a comparison grid (schedule, protocol, selection rule), at one
-    conflicting ``ratio``: how much a method's number moves with the setting alone.
-    ``results``: the tidy table of :func:`pgd.experiments.compare.run_grid`."""
+    every training setting of a comparison grid, at one conflicting ``ratio``: one panel per
+    schedule, one column per (protocol, selection rule), so that a reader sees how much a
+    method's number moves with the setting alone.
+
+    Args:
+        results: the tidy table of :func:`pgd.experiments.compare.run_grid`.
+        ratio: the conflicting ratio to show (None: all rows, as on CelebA).
+        methods: grid method names, in the legend's order.
+        title: the figure's title, above the panels' own (one per schedule).
+
+    Returns:
+        The figure (its axes share the y axis; the legend sits below them).
+    """
     frame = results if ratio is None else results[results["ratio"] == ratio]
     frame = frame[frame["method"].isin(methods)]
     frame = frame.assign(
-        setting=frame.apply(setting_label, axis=1).str.replace(", ", "\n"),
+        setting=frame["protocol"] + "\n" + frame["selection"].map(RULE_LABELS),
         method=frame["method"].map(LABELS),
     )
-    order = list(dict.fromkeys(frame["setting"]))
-    ax = ax or plt.subplots(figsize=(max(7.5, 1.1 * len(order)), 4.2))[1]
-    sns.pointplot(
-        data=frame,
-        x="setting",
-        y=metric,
-        hue="method",
-        order=order,
-        errorbar="sd",
-        dodge=0.4,
-        linestyle="none",
-        markers="o",
-        palette="colorblind",
-        ax=ax,
+    schedules = list(dict.fromkeys(frame["schedule"]))
+    fig, axes = plt.subplots(
+        1, len(schedules), figsize=(4.8 * len(schedules), 4.4), sharey=True, squeeze=False
     )
-    ax.set_xlabel("schedule, protocol, selection rule")
-    ax.set_ylabel(metric.replace("_", " ") + " (%)")
-    ax.legend(fontsize="small", title=None)
-    return ax
+    hue_order = [LABELS[m] for m in methods if LABELS[m] in set(frame["method"])]
+    for ax, schedule in zip(axes[0], schedules, strict=True):
+        part = frame[frame["schedule"] == schedule]
+        sns.pointplot(
+            data=part,
+            x="setting",
+            y=metric,
+            hue="method",
+            hue_order=hue_order,
+            order=list(dict.fromkeys(part["setting"])),
+            errorbar="sd",
+            dodge=0.5,
+            linestyle="none",
+            markers="o",
+            palette="colorblind",
+            ax=ax,
+        )
+        ax.set_title(f"{schedule} schedule")
+        ax.set_xlabel("protocol, selection rule")
+        ax.set_ylabel(metric.replace("_", " ") + " (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
