@@ -497,7 +497,8 @@ def plot_settings(
     fig, axes = plt.subplots(
         1, len(schedules), figsize=(4.8 * len(schedules), 4.4), sharey=True, squeeze=False
     )
-    hue_order = [LABELS[m] for m in methods if LABELS[m] in set(frame["method"])]
+    present = set(frame["method"])
+    hue_order = [LABELS[m] for m in methods if LABELS[m] in present]
     for ax, schedule in zip(axes[0], schedules, strict=True):
         part = frame[frame["schedule"] == schedule]
         sns.pointplot(
