@@ -11,6 +11,12 @@ a first run.
 
     python book/tools/time_chapters.py --profile quick --full-size            # every chapter
     python book/tools/time_chapters.py --profile quick --full-size 01 02     # some of them
+    python book/tools/time_chapters.py --profile quick --full-size --alone   # as on Colab
+
+By default the chapters run in order and share one checkpoint folder, as they do in a local
+checkout (chapter 2 reads chapter 1's vanilla model back). ``--alone`` gives every chapter its own
+fresh data and checkpoint folder, as a reader who opens one chapter in a new Colab session has:
+each chapter then trains (and writes) everything it needs itself.
 
 For each chapter it prints the minutes from the first cell to the last (what
 ``chapter_times.py`` reads from the executed notebook) and the minutes of the whole command
@@ -58,32 +64,44 @@ def place_full_size_digits(data_root: Path) -> None:
             shutil.copyfileobj(packed, plain)
 
 
+def fresh_folders(full_size: bool) -> Path:
+    """A new temporary folder holding ``data/`` (with full-size digits if asked) and ``runs/``."""
+    work = Path(tempfile.mkdtemp(prefix="pgd-timing-"))
+    (work / "data").mkdir()
+    if full_size:
+        place_full_size_digits(work / "data")
+    return work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("chapters", nargs="*", help="chapter numbers (default: all)")
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
     parser.add_argument("--full-size", action="store_true", help="Fashion-MNIST as MNIST")
+    parser.add_argument(
+        "--alone", action="store_true", help="a fresh data and checkpoint folder for every chapter"
+    )
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "timed-nb")
     args = parser.parse_args()
 
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if args.chapters:
         notebooks = [nb for nb in notebooks if nb.name[:2] in {c.zfill(2) for c in args.chapters}]
-    work = Path(tempfile.mkdtemp(prefix="pgd-timing-"))
-    data_root, runs = work / "data", work / "runs"
-    data_root.mkdir()
-    if args.full_size:
-        place_full_size_digits(data_root)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {
-        "PGD_PROFILE": args.profile,
-        "PGD_DATA": str(data_root),
-        "PGD_RUNS": str(runs),
-        "PGD_PROGRESS": "0",
-    }
     jupyter = Path(sys.executable).with_name("jupyter")
     print("| chapter | profile | minutes (cells) | minutes (whole command) |\n|---|---|---|---|")
+    work = None
     for notebook in notebooks:
+        if work is None or args.alone:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            work = fresh_folders(args.full_size)
+        env = os.environ | {
+            "PGD_PROFILE": args.profile,
+            "PGD_DATA": str(work / "data"),
+            "PGD_RUNS": str(work / "runs"),
+            "PGD_PROGRESS": "0",
+        }
         began = time.perf_counter()
         subprocess.run(
             [
@@ -106,7 +124,8 @@ def main() -> None:
         cells = execution_minutes(json.loads((args.out / notebook.name).read_text()))
         shown = f"{cells:.1f}" if cells is not None else "?"
         print(f"| {notebook.stem} | {args.profile} | {shown} | {whole:.1f} |", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
