@@ -365,3 +365,16 @@ def test_settings_plot_has_a_panel_per_schedule_and_a_column_per_protocol_and_ru
         "PGD (last layer)",
     ]
     plt.close(fig)
+
+
+def test_say_wraps_every_line_of_a_long_message_and_keeps_its_words(capsys):
+    from pgd.book.notebook import say
+    from pgd.core.runtime import NOTICE_WIDTH
+
+    long = "This chapter ran in 0.2 minutes; " + "models read back from checkpoints " * 8
+    assert say(long.strip(), "\nsecond line: ", 42) is None  # no Out[] value under a cell
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= NOTICE_WIDTH
+    assert len(printed.splitlines()) > 3
+    assert " ".join(printed.split()) == " ".join(f"{long} second line: 42".split())
+    assert printed.splitlines()[-1] == "second line: 42"

@@ -7,7 +7,6 @@ import os
 import re
 import sys
 import sysconfig
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +16,15 @@ import torch
 from ..core.profiles import Profile, get_profile
 from ..core.runtime import (
     DATA_ENV,
-    NOTICE_WIDTH,
     RUNS_ENV,
     data_root,
     display_path,
+    print_wrapped,
     provenance,
     resolve_device,
     runs_root,
     show_warnings_briefly,
+    wrap,
 )
 from .plots import use_book_style
 
@@ -84,7 +84,7 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
         + (f" ({per_dataset})" if per_dataset else "")
         + f"{limits}; seeds {seeds}; a chapter that sets its own says so"
     )
-    print(textwrap.fill(line, NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False))
+    print_wrapped(line)
     print(f"data in {display_path(env.data_root)}; checkpoints in {display_path(env.runs_root)}")
     return env
 
@@ -97,6 +97,11 @@ def provenance_table(profile: Profile, device: torch.device, data_description: s
     }
     rows.update(provenance(device))
     return pd.DataFrame({"value": rows}).rename_axis("provenance")
+
+
+#: Print a message wrapped at the width the site shows (``print_wrapped``), for the chapters'
+#: long result lines: ``say(f"This chapter ran in {minutes:.1f} minutes; ", "...")``.
+say = print_wrapped
 
 
 #: An absolute path inside a message: shown the way :func:`display_path` shows paths.
@@ -112,10 +117,7 @@ def report_missing_data(name: str, error: BaseException, instead: str) -> str:
     """
     how = _ABSOLUTE_PATH.sub(lambda m: display_path(m.group(0)), " ".join(str(error).split()))
     paragraphs = [f"{name} is not available here, so this run uses {instead}.", f"To get it: {how}"]
-    text = "\n".join(
-        textwrap.fill(p, NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False)
-        for p in paragraphs
-    )
+    text = wrap("\n".join(paragraphs))
     print(text)
     return text
 

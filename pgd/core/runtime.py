@@ -205,6 +205,23 @@ _NOTICES_SHOWN: set[str] = set()
 NOTICE_WIDTH = 84
 
 
+def wrap(text: str) -> str:
+    """``text`` with each of its lines wrapped at :data:`NOTICE_WIDTH` characters (words and
+    hyphenated names kept whole)."""
+    return "\n".join(
+        textwrap.fill(line, NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False)
+        for line in text.split("\n")
+    )
+
+
+def print_wrapped(*parts: object) -> None:
+    """Print ``parts`` joined into one message, each line wrapped at :data:`NOTICE_WIDTH`
+    characters, so that no output line hides in a scroll box on the book's site. A part may hold
+    ``\n`` to start a new line. Returns nothing, so that a notebook cell ending with it shows no
+    ``Out[]`` value."""
+    print(wrap("".join(str(part) for part in parts)), flush=True)
+
+
 def notice(title: str, text: str, *, key: str | None = None) -> str | None:
     """Print ``NOTE: title. text``, wrapped at :data:`NOTICE_WIDTH` characters, once per process
     for its ``key`` (default: the title), and return it (None when it was shown already).
@@ -217,9 +234,7 @@ def notice(title: str, text: str, *, key: str | None = None) -> str | None:
     if key in _NOTICES_SHOWN:
         return None
     _NOTICES_SHOWN.add(key)
-    text = textwrap.fill(
-        f"NOTE: {title}. {text}", NOTICE_WIDTH, break_long_words=False, break_on_hyphens=False
-    )
+    text = wrap(f"NOTE: {title}. {text}")
     print(text, flush=True)
     return text
 

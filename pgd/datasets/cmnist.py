@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, notice
+from ..core.runtime import data_root, notice, print_wrapped
 from ..core.storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
 from .base import (
     DataRequest,
@@ -321,7 +321,7 @@ class ColoredMNISTSplits:
         """Print which digits this is; with a notice (once per process, shared with the
         fallback's) when they are not the full MNIST."""
         if self.is_full_mnist:
-            print(f"digits: {self.description}")
+            print_wrapped(f"digits: {self.description}")
         else:
             notice(
                 "Not the full MNIST",

@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..core.runtime import data_root
+from ..core.runtime import data_root, print_wrapped
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .images import IMAGE_SIZE_OPTION, IMAGENET_MEAN, IMAGENET_STD, read_image
@@ -316,7 +316,7 @@ class FolderSplits:
         return pd.DataFrame(rows).set_index("split")
 
     def announce(self) -> None:
-        print(f"data: {self.description}")
+        print_wrapped(f"data: {self.description}")
 
     def limit(self, max_train: int | None, max_eval: int | None) -> FolderSplits:
         """A copy keeping at most ``max_train`` training and ``max_eval`` other images."""

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, notice
+from ..core.runtime import data_root, notice, print_wrapped
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from .base import DataRequest, batch_loader
 
@@ -451,7 +451,7 @@ class ImageSplits:
         """Print what the data is; a notice (once per process and dataset) when it is the
         stand-in."""
         if self.is_real:
-            print(f"data: {self.description}")
+            print_wrapped(f"data: {self.description}")
         else:
             name = self.label
             notice(

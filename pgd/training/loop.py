@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from ..core.runtime import display_path
+from ..core.runtime import display_path, print_wrapped
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from ..datasets.base import batch_loader
 from ..gradients.scores import batch_last_layer_grad_norms
@@ -453,7 +453,7 @@ def train(
     if summary_line:
         kept = history[best_epoch]
         seconds = sum(row["seconds"] for row in history)
-        print(
+        print_wrapped(
             f"{desc}: {config.epochs} epochs, {seconds:.0f} s of training; kept epoch "
             f"{best_epoch + 1} (valid loss {kept['valid_loss']:.3f}, valid accuracy "
             f"{100 * kept['valid_accuracy']:.1f}%)" + _resume_note(resumed_from, config.epochs)
