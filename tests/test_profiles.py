@@ -30,12 +30,34 @@ def test_a_profile_object_passes_through():
     assert get_profile(custom) is custom
 
 
-def test_quick_is_bounded_by_work_and_leaves_the_offline_subset_whole(cmnist):
-    """quick caps the data, so that full MNIST costs what the 3,600-digit subset costs; the
-    subset itself (and with it every quick run on it) is unchanged."""
+def test_quick_keeps_every_image_and_bounds_work_by_fewer_epochs():
+    """quick never cuts the data (that would cut the bias-conflicting samples): it trains fewer
+    epochs on more images, so full MNIST's 54,000 training digits cost about what the offline
+    3,600-digit subset costs, and the subset keeps its 20 epochs."""
     quick = PROFILES["quick"]
-    assert quick.max_train == 4000 and quick.max_eval == 2000
-    capped = cmnist.limit(quick.max_train, quick.max_eval)
-    assert len(capped.train) == len(cmnist.train) == 3600
-    assert capped.train is cmnist.train and len(capped.test) == len(cmnist.test)
-    assert PROFILES["full"].max_train is None and PROFILES["full"].max_eval is None
+    assert quick.max_train is None and quick.max_eval is None
+    assert quick.epochs_for("cmnist", 54_000) == 3
+    assert quick.epochs_for("cmnist", 3_600) == 20  # at most `epochs`
+    assert quick.epochs_for("cmnist", 10**9) == 1  # at least one
+    assert quick.epochs_for("bffhq", 10**9) == 5  # a dataset's own epochs are not scaled
+    assert quick.epochs_for("cmnist") == 20  # size unknown: the most it trains
+    assert PROFILES["full"].epochs_for("cmnist", 54_000) == 100  # full is not bounded by work
+
+
+def test_a_run_trains_the_epochs_of_its_data_size():
+    from pgd.experiments.config import ExperimentConfig
+
+    assert ExperimentConfig(profile="quick").stage_epochs(54_000) == 3
+    assert ExperimentConfig(profile="quick").stage_epochs(3_600) == 20
+    assert ExperimentConfig(profile="quick", epochs=7).stage_epochs(54_000) == 7
+
+
+def test_profiles_describe_what_they_train():
+    quick = PROFILES["quick"].describe()
+    assert quick.startswith("profile 'quick': at most 20 epochs per training stage")
+    assert "about 160,000 training images per stage, every image kept" in quick
+    assert "at most 1,200 training" in PROFILES["smoke"].describe()
+    # the full profile's line is the one its committed chapters printed
+    assert PROFILES["full"].describe() == (
+        "profile 'full': 100 epochs per training stage (celeba 10, bffhq 30)"
+    )

@@ -40,11 +40,33 @@ def test_workflow_runs_the_readme_commands_in_order():
 def test_workflow_deploys_the_built_site_to_pages_only_from_main():
     workflow = _workflow()
     build, deploy = workflow["jobs"]["test-and-build"], workflow["jobs"]["deploy"]
-    assert workflow["permissions"]["pages"] == "write"
-    assert workflow["permissions"]["id-token"] == "write"
+    # only the deploy job may write to Pages; every other job (pull requests too) reads
+    assert workflow["permissions"] == {"contents": "read"}
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "permissions" not in build
     upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages"))
     assert upload["with"]["path"] == "_build/html"
     assert _uses(deploy) == ["actions/deploy-pages"]
     assert deploy["needs"] == "test-and-build"
     assert "push" in deploy["if"] and "refs/heads/main" in deploy["if"]
     assert deploy["environment"]["name"] == "github-pages"
+
+
+#: The oldest major of each action that runs on Node 24 (Node 20 actions are deprecated on the
+#: hosted runners).
+CURRENT_MAJORS = {
+    "actions/checkout": 5,
+    "actions/setup-python": 6,
+    "actions/upload-pages-artifact": 4,
+    "actions/deploy-pages": 5,
+}
+
+
+def test_workflow_uses_current_action_majors():
+    for job in _workflow()["jobs"].values():
+        for step in job["steps"]:
+            if "uses" not in step:
+                continue
+            action, _, version = step["uses"].partition("@")
+            assert action in CURRENT_MAJORS, f"{action}: add it to CURRENT_MAJORS"
+            assert int(version.lstrip("v").split(".")[0]) >= CURRENT_MAJORS[action], step["uses"]

@@ -72,18 +72,7 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
     pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
     print(f"{'Colab' if colab else 'local'} run; {found}")
     seeds = ", ".join(map(str, profile.seeds))
-    per_dataset = ", ".join(f"{d} {e}" for d, e in profile.dataset_epochs)
-    limits = (
-        f"; at most {profile.max_train:,} training and {profile.max_eval:,} validation and test "
-        "images"
-        if profile.max_train
-        else ""
-    )
-    line = (
-        f"profile {profile.name!r}: {profile.epochs} epochs per training stage"
-        + (f" ({per_dataset})" if per_dataset else "")
-        + f"{limits}; seeds {seeds}; a chapter that sets its own says so"
-    )
+    line = f"{profile.describe()}; seeds {seeds}; a chapter that sets its own says so"
     print_wrapped(line)
     print(f"data in {display_path(env.data_root)}; checkpoints in {display_path(env.runs_root)}")
     return env

@@ -358,7 +358,7 @@ def audit(
         },
         "model": {
             "name": config.model,
-            "epochs": config.profile_spec.epochs,
+            "epochs": config.stage_epochs(len(labels)),
             "seed": config.seed,
             "train_accuracy": float(predicted.correct.float().mean()),
             "checkpoint": str(folder / "biased.pt") if folder is not None else None,

@@ -254,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         f"\nPGD book, {config.dataset}, method={config.method}, "
         + (f"ratio={config.ratio:g}, " if config.ratio is not None else "")
         + f"model={config.model}, profile={config.profile_spec.name}, "
-        f"epochs={config.profile_spec.epochs}, seed={config.seed}"
+        f"epochs={config.stage_epochs(result.data['train_samples'])}, seed={config.seed}"
         + (
             ""
             if config.method != "pgd"
@@ -382,8 +382,8 @@ def _audit(args: argparse.Namespace) -> int:
     diag = report.summary["sampling"]
     print(f"\naudit of {report.data.description}")
     print(
-        f"biased model: {config.model}, {config.profile_spec.epochs} epochs; training accuracy "
-        f"{100 * report.summary['model']['train_accuracy']:.1f}%"
+        f"biased model: {config.model}, {report.summary['model']['epochs']} epochs; "
+        f"training accuracy {100 * report.summary['model']['train_accuracy']:.1f}%"
     )
     print(
         f"sampling: effective sample size {diag['effective_sample_size']:.1f} of "

@@ -217,7 +217,7 @@ def _rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]:
         "hparams": ", ".join(f"{k}={v:g}" for k, v in hparams.items()),
         "schedule": config.profile_spec.name,
         "profile": config.profile_spec.name,
-        "epochs": config.profile_spec.epochs if config.epochs is None else config.epochs,
+        "epochs": config.stage_epochs(result.data["train_samples"]),
         "protocol": cell.protocol,
         "model": config.model,
         "train_samples": result.data["train_samples"],

@@ -223,6 +223,14 @@ class ExperimentConfig:
         profile = get_profile(self.profile)
         return replace(profile, epochs=self.epochs or profile.epochs_for(self.dataset))
 
+    def stage_epochs(self, train_size: int | None = None) -> int:
+        """Epochs per training stage: ``epochs`` if given, else the profile's for this dataset
+        and ``train_size`` training samples (a profile bounded by work trains fewer epochs on
+        more data; ``None``: the most the profile trains)."""
+        if self.epochs is not None:
+            return self.epochs
+        return get_profile(self.profile).epochs_for(self.dataset, train_size)
+
     @property
     def is_oracle(self) -> bool:
         """The method reads the training set's bias labels (upsampling, GroupDRO)."""

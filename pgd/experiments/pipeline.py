@@ -159,7 +159,7 @@ def trainer(
         data=data,
         model=config.model,
         seed=config.seed,
-        epochs=config.profile_spec.epochs,
+        epochs=config.stage_epochs(len(data.train)),
         params=config.params,
         device=resolve_device(config.device),
         pretrained=config.pretrained,
@@ -220,6 +220,7 @@ class ExperimentResult:
             "config": self.config.record(),
             "data": self.data,
             "seeds": {"training": self.config.seed, "data": self.config.data_seed},
+            "epochs_per_stage": self.config.stage_epochs(self.data["train_samples"]),
             "device": self.provenance.get("device"),
             "metrics": self.metrics,
             "test_groups": [
