@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pybtex.database import parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +20,11 @@ check_markup = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_markup)
 
 BIBLIOGRAPHY = parse_file(str(ROOT / "book" / "references.bib")).entries
+# Chapters link the book's pages by their published address (book/tools/site_links.py).
+SITE = re.escape(yaml.safe_load((ROOT / "_config.yml").read_text())["html"]["baseurl"])
 # A citation in a chapter: author-year text linking to the references page, the key as link title.
-CITATION = re.compile(r'\]\(\.\./book/references\.md "([\w-]+)"\)')
-GLOSSARY_LINK = re.compile(r"\[([^\]]+)\]\(\.\./book/glossary\.md#([\w-]+)\)")
+CITATION = re.compile(rf'\]\({SITE}book/references\.html "([\w-]+)"\)')
+GLOSSARY_LINK = re.compile(rf"\[([^\]]+)\]\({SITE}book/glossary\.html#([\w-]+)\)")
 
 
 def _load(path: Path) -> dict:

@@ -378,3 +378,40 @@ def test_say_wraps_every_line_of_a_long_message_and_keeps_its_words(capsys):
     assert len(printed.splitlines()) > 3
     assert " ".join(printed.split()) == " ".join(f"{long} second line: 42".split())
     assert printed.splitlines()[-1] == "second line: 42"
+
+
+def test_a_stage_bar_in_a_terminal_leaves_only_its_summary_line(capsys):
+    from pgd.core.runtime import StageBar
+
+    bar = StageBar(range(3), show=True, desc="vanilla", unit="epoch")
+    assert list(bar) == [0, 1, 2]
+    bar.finish("vanilla: 3 epochs")
+    assert capsys.readouterr().out == "vanilla: 3 epochs\n"
+    quiet = StageBar(range(2), show=False)
+    list(quiet)
+    quiet.finish(None)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_stage_bar_in_a_notebook_is_replaced_by_its_summary_line(monkeypatch):
+    """A saved notebook keeps the line, not the widget's first state as text."""
+    import IPython.display
+
+    from pgd.core import runtime
+
+    updates = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            updates.append((data, raw))
+
+    shown = []
+    monkeypatch.setattr(runtime, "_in_notebook", lambda: True)
+    monkeypatch.setattr(
+        IPython.display, "display", lambda obj, display_id=False: shown.append(obj) or Handle()
+    )
+    bar = runtime.StageBar(range(2), show=True, desc="biased")
+    list(bar)
+    bar.finish("biased: 2 epochs")
+    assert len(shown) == 1  # the widget, shown once through a handle
+    assert updates == [({"text/plain": "biased: 2 epochs"}, True)]

@@ -61,3 +61,21 @@ def test_profiles_describe_what_they_train():
     assert PROFILES["full"].describe() == (
         "profile 'full': 100 epochs per training stage (celeba 10, bffhq 30)"
     )
+
+
+def test_a_chapter_can_say_what_the_profile_does_to_its_run(cmnist):
+    from pgd.experiments.config import ExperimentConfig
+    from pgd.experiments.pipeline import profile_summary
+
+    quick = profile_summary(ExperimentConfig(profile="quick"), cmnist)
+    assert quick == (
+        "profile 'quick' here: 3,600 training, 400 validation, 1,000 test images (every image); "
+        "20 epochs per training stage"
+    )
+    smoke_data = cmnist.limit(PROFILES["smoke"].max_train, PROFILES["smoke"].max_eval)
+    smoke = profile_summary(ExperimentConfig(profile="smoke", epochs=1), smoke_data)
+    assert smoke == (
+        "profile 'smoke' here: 1,200 training, 400 validation, 400 test images (at most 1,200 "
+        "training and 400 validation and test); 1 epoch per training stage (this chapter's "
+        "setting)"
+    )

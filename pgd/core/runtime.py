@@ -306,3 +306,51 @@ def show_warnings_briefly() -> None:
         print(text, file=file or sys.stderr)
 
     warnings.showwarning = show
+
+
+def _in_notebook() -> bool:
+    """Whether output goes to a Jupyter (or Colab) notebook, where tqdm draws a widget."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+class StageBar:
+    """A progress bar over one training stage that leaves one summary line behind, not a bar.
+
+    In a notebook the bar is a tqdm widget shown through a display handle, and :meth:`finish`
+    replaces it with the line: a saved notebook then holds the line, where a closed widget would
+    leave its first state (``0%| 0/20``) as text. Elsewhere the bar is drawn in the terminal and
+    erased, and the line is printed. ``show=False``: no bar, only the line.
+    """
+
+    def __init__(self, iterable, *, show: bool, **options) -> None:
+        self._handle = None
+        if show and _in_notebook():
+            from IPython.display import display
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            self.bar = notebook_tqdm(iterable, display=False, leave=False, **options)
+            self._handle = display(self.bar.container, display_id=True)
+        else:
+            from tqdm.std import tqdm as terminal_tqdm
+
+            self.bar = terminal_tqdm(iterable, disable=not show, leave=False, **options)
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def set_postfix(self, **values) -> None:
+        self.bar.set_postfix(**values)
+
+    def finish(self, line: str | None) -> None:
+        """Close the bar and leave ``line`` (wrapped) in its place; ``None``: leave nothing."""
+        self.bar.close()
+        text = wrap(line) if line is not None else ""
+        if self._handle is not None:
+            self._handle.update({"text/plain": text}, raw=True)
+        elif line is not None:
+            print_wrapped(line)

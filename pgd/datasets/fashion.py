@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..core import compat
-from ..core.runtime import data_root
+from ..core.runtime import data_root, display_path
 from .base import DataUnavailableError
 from .cmnist import PALETTE, Digits
 from .folder import write_image_folder
@@ -94,7 +94,10 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     root = data_root(root)
     raw = root / "FashionMNIST" / "raw"
     tensors, source = None, "torchvision's download"
-    for folder, where in ((raw, str(raw)), (DEBIAN_FOLDER, "Debian's dataset-fashion-mnist")):
+    for folder, where in (
+        (raw, display_path(raw)),
+        (DEBIAN_FOLDER, "Debian's dataset-fashion-mnist"),
+    ):
         tensors = _read_folder(folder)
         if tensors is not None:
             source = where
@@ -111,11 +114,11 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
                 source = f"(download failed: {reason})"
         if tensors is None:
             raise DataUnavailableError(
-                f"Fashion-MNIST is neither in {raw} nor in {DEBIAN_FOLDER}, and "
+                f"Fashion-MNIST is neither in {display_path(raw)} nor in {DEBIAN_FOLDER}, and "
                 f"{'it could not be downloaded ' + source if download else 'download was off'}. "
                 "On Debian or Ubuntu: sudo apt-get install dataset-fashion-mnist; on any machine "
                 "with internet, load_fashion_mnist(download=True); or copy the four files "
-                f"({', '.join(v + '.gz' for v in FILES.values())}) into {raw}."
+                f"({', '.join(v + '.gz' for v in FILES.values())}) into {display_path(raw)}."
             )
     counts = (len(tensors["train_images"]), len(tensors["test_images"]))
     if counts != (60_000, 10_000) or len(tensors["train_labels"]) != counts[0]:

@@ -38,7 +38,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core.profiles import PROFILES, get_profile
-from ..core.runtime import code_fingerprint
+from ..core.runtime import code_fingerprint, display_path
 from ..core.runtime import data_root as resolve_data_root
 from ..core.storage import atomic_write_text
 from ..datasets.base import check_ratio
@@ -570,13 +570,14 @@ def run_grid(
     if len(versions) > 1 or versions != [code_fingerprint()]:
         print(
             f"note: the results come from code version(s) {', '.join(versions)}; this code is "
-            f"{code_fingerprint()} (finished runs are reused; delete {cells_dir} to rerun them)"
+            f"{code_fingerprint()} (finished runs are reused; delete {display_path(cells_dir)} to "
+            "rerun them)"
         )
     if show:
         minutes = (time.perf_counter() - began) / 60
         print(
             f"grid {dataset}: {computed} runs computed, {len(records) - computed} read back, "
-            f"{minutes:.1f} min; results in {folder / 'results.csv'}"
+            f"{minutes:.1f} min; results in {display_path(folder / 'results.csv')}"
         )
     return GridResult(results, tuning, folder, computed)
 

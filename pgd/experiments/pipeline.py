@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..core.profiles import get_profile
 from ..core.runtime import (
     ConcentratedSamplingWarning,
     code_fingerprint,
@@ -81,6 +82,25 @@ def load_data(
     )
     data = build_dataset(config.dataset, request)
     return data.limit(profile.max_train, profile.max_eval)
+
+
+def profile_summary(config: ExperimentConfig, data: Splits) -> str:
+    """One line for a chapter's setup cell: what the active profile does to this run (the
+    images of each split it trains and evaluates on, and whether that is every image; the epochs
+    per training stage, and whether the chapter set them)."""
+    profile = get_profile(config.profile)
+    sizes = f"{len(data.train):,} training, {len(data.valid):,} validation, {len(data.test):,} test"
+    kept = (
+        f"at most {profile.max_train:,} training and {profile.max_eval:,} validation and test"
+        if profile.max_train is not None
+        else "every image"
+    )
+    epochs = config.stage_epochs(len(data.train))
+    chosen = " (this chapter's setting)" if config.epochs is not None else ""
+    return (
+        f"profile {profile.name!r} here: {sizes} images ({kept}); {epochs} "
+        f"epoch{'' if epochs == 1 else 's'} per training stage{chosen}"
+    )
 
 
 #: Settings that decide what is checked before training, never what is trained: left out of a

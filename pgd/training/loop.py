@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
-from tqdm.auto import tqdm
 
-from ..core.runtime import display_path, print_wrapped
+from ..core.runtime import StageBar, display_path
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from ..datasets.base import batch_loader
 from ..gradients.scores import batch_last_layer_grad_norms
@@ -279,9 +278,10 @@ def train(
             give identical results (:func:`pgd.core.runtime.equivalent_code_versions`); their
             checkpoints are resumed too.
         desc: label of the progress bar.
-        progress: True: a tqdm progress bar over epochs; False: silent; None (default): a bar,
-            unless ``$PGD_PROGRESS`` is 0, then one summary line when the stage ends (what the
-            committed notebooks show).
+        progress: True: a progress bar over epochs, replaced by one summary line when the stage
+            ends (:class:`pgd.core.runtime.StageBar`: a saved notebook keeps the line, not the
+            bar); False: silent; None (default): as True, or only the line where
+            ``$PGD_PROGRESS`` is 0 (what the committed notebooks show).
         stop_after_batches: raise KeyboardInterrupt after this many batches in total (to
             simulate a killed run in tests).
         objective: the per-batch loss (default: ``config.loss`` on ``model(images)``); its state
@@ -358,16 +358,14 @@ def train(
         tracked = state.get("tracked") or {}  # none in checkpoints of earlier code versions
         start = resumed_from = state["epoch"] + 1
 
-    summary_line = progress is None and os.environ.get(PROGRESS_ENV, "1") == "0"
-    if progress is None:
-        progress = not summary_line
+    show = progress if progress is not None else os.environ.get(PROGRESS_ENV, "1") != "0"
     batches_seen = 0
-    bar = tqdm(
+    bar = StageBar(
         range(start, config.epochs),
+        show=show,
         desc=desc,
         initial=start,
         total=config.epochs,
-        disable=not progress,
         unit="epoch",
         dynamic_ncols=True,
     )
@@ -446,18 +444,20 @@ def train(
                 },
                 checkpoint,
             )
-    bar.close()
     if best_state is None:
+        bar.finish(None)
         raise CorruptFileError(f"{checkpoint} holds no selected weights; delete it and rerun")
     model.load_state_dict(best_state)
-    if summary_line:
+    line = None
+    if progress is not False:  # one line per stage, in place of its bar
         kept = history[best_epoch]
         seconds = sum(row["seconds"] for row in history)
-        print_wrapped(
+        line = (
             f"{desc}: {config.epochs} epochs, {seconds:.0f} s of training; kept epoch "
             f"{best_epoch + 1} (valid loss {kept['valid_loss']:.3f}, valid accuracy "
             f"{100 * kept['valid_accuracy']:.1f}%)" + _resume_note(resumed_from, config.epochs)
         )
+    bar.finish(line)
     frame = pd.DataFrame(history)
     frame.attrs["best_epoch"] = best_epoch
     selected = {rule: kept["epoch"] for rule, kept in tracked.items() if "state" in kept}
