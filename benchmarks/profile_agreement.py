@@ -69,6 +69,8 @@ FIELDS = (
     "seconds",
     "device",
     "source",
+    "images",
+    "torch",
 )
 
 
@@ -116,6 +118,8 @@ def run_one(job: dict, root: Path, device: str) -> dict:
         seconds=result["seconds"],
         device=result["device"],
         source=data["source"],
+        images=data["description"],
+        torch=result["provenance"].get("torch"),
     )
     return row
 

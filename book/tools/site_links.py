@@ -12,7 +12,7 @@
 * the package's address for the committed benchmark results, and the clone command of
   ``book/how_to_run.md``.
 
-    python book/tools/site_links.py           # rewrite all of them from _config.yml
+    python book/tools/site_links.py           # rewrite all of them (and html.baseurl) from it
     python book/tools/site_links.py --check   # list what differs (exit 1), change nothing
 
 Used as a Sphinx extension (``_config.yml``: ``sphinx.local_extensions``), it turns the absolute
@@ -110,6 +110,24 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
+def sync(root: Path = ROOT) -> list[str]:
+    """Rewrite ``html.baseurl`` and every derived address under ``root`` from the setting;
+    return the files changed."""
+    changed = []
+    config = root / "_config.yml"
+    site = settings(root)[2]
+    text = re.sub(r"(?m)^(\s*baseurl:\s*)\S+$", rf"\g<1>{site}", config.read_text())
+    if text != config.read_text():
+        config.write_text(text)
+        changed.append("_config.yml")
+    for path in files(root):
+        text = expected(path, root)
+        if text != path.read_text():
+            path.write_text(text)
+            changed.append(str(path.relative_to(root)))
+    return changed
+
+
 def _source_read(app, docname: str, source: list[str]) -> None:
     source[0] = relative_links(source[0], settings(Path(app.srcdir))[2])
 
@@ -129,11 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"not derived from _config.yml's repository.url: {problem}")
         return 1 if problems else 0
-    for path in files():
-        text = expected(path)
-        if text != path.read_text():
-            path.write_text(text)
-            print(f"rewrote {path.relative_to(ROOT)}")
+    for name in sync():
+        print(f"rewrote {name}")
     return 0
 
 

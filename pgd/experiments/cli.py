@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=tuple(PROFILES),
         default=None,
-        help="smoke (seconds), quick (minutes on a CPU), full (the paper's 100 epochs); "
-        "default: $PGD_PROFILE, else quick",
+        help="smoke (seconds), quick (every image, fewer epochs: about 160,000 training images "
+        "per stage, at most 20 epochs), full (the paper's 100 epochs); default: $PGD_PROFILE, "
+        "else quick",
     )
     r.add_argument(
         "--epochs", type=int, default=None, help="epochs per training stage (default: profile's)"
@@ -331,10 +332,9 @@ def _compare(args: argparse.Namespace) -> int:
     )
     results = grid.results
     first = results.iloc[0]
-    print(
-        f"\nunbiased test accuracy (%), mean ± std over {results['seed'].nunique()} seeds; "
-        f"{first['dataset']}, {first['source']} data"
-    )
+    seeds = results["seed"].nunique()
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    print(f"\nunbiased test accuracy (%), {spread}; {first['dataset']}, {first['source']} data")
     for (schedule, protocol, rule), part in results.groupby(
         ["schedule", "protocol", "selection"], sort=False
     ):

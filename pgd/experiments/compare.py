@@ -10,10 +10,10 @@ training loop keeps the weights every rule chooses on the validation split, so t
 an evaluation, not a training. Run the grid again after an interruption and finished cells are
 read back, not recomputed; an unfinished cell resumes from its last epoch checkpoint.
 
-*Schedules* are the profiles' numbers of epochs per training stage (``quick``: 20, ``full``:
-100). *Protocols*: ``shared`` trains every method with the dataset's network and its schedule;
-``own`` trains each method as its paper does on that dataset (:data:`OWN_PROTOCOLS`), where it
-has such a protocol.
+*Schedules* are the profiles' numbers of epochs per training stage (``quick``: at most 20, fewer
+on more data, 20 on the offline MNIST subset; ``full``: 100). *Protocols*: ``shared`` trains
+every method with the dataset's network and its schedule; ``own`` trains each method as its paper
+does on that dataset (:data:`OWN_PROTOCOLS`), where it has such a protocol.
 
 Hyper-parameters that a method has and PGD does not (JTT's lambda, GroupDRO's step size) are
 chosen per dataset, ratio, schedule and protocol on the validation split only, at the grid's
