@@ -94,19 +94,23 @@ def files(root: Path = ROOT) -> list[Path]:
     ]
 
 
-def expected(path: Path, root: Path = ROOT) -> str:
-    """What ``path`` holds once every address in it is derived from the setting."""
-    slug, branch, site = settings(root)
+def expected(path: Path, root: Path = ROOT, setting: tuple[str, str, str] | None = None) -> str:
+    """What ``path`` holds once every address in it is derived from the setting (``setting``:
+    :func:`settings` of ``root``, read again when not given)."""
+    slug, branch, site = setting or settings(root)
     text = derived(path.read_text(), slug, branch, site)
     return absolute_links(text, site) if path.suffix == ".ipynb" else text
 
 
 def check(root: Path = ROOT) -> list[str]:
     """The files whose addresses do not follow the setting, and a wrong ``html.baseurl``."""
-    problems = [str(p.relative_to(root)) for p in files(root) if expected(p, root) != p.read_text()]
+    setting = settings(root)
+    problems = [
+        str(p.relative_to(root)) for p in files(root) if expected(p, root, setting) != p.read_text()
+    ]
     config = yaml.safe_load((root / "_config.yml").read_text())
-    if config.get("html", {}).get("baseurl") != settings(root)[2]:
-        problems.append(f"_config.yml: html.baseurl must be {settings(root)[2]}")
+    if config.get("html", {}).get("baseurl") != setting[2]:
+        problems.append(f"_config.yml: html.baseurl must be {setting[2]}")
     return problems
 
 
@@ -115,26 +119,28 @@ def sync(root: Path = ROOT) -> list[str]:
     return the files changed."""
     changed = []
     config = root / "_config.yml"
-    site = settings(root)[2]
+    setting = settings(root)
+    site = setting[2]
     text = re.sub(r"(?m)^(\s*baseurl:\s*)\S+$", rf"\g<1>{site}", config.read_text())
     if text != config.read_text():
         config.write_text(text)
         changed.append("_config.yml")
     for path in files(root):
-        text = expected(path, root)
+        text = expected(path, root, setting)
         if text != path.read_text():
             path.write_text(text)
             changed.append(str(path.relative_to(root)))
     return changed
 
 
-def _source_read(app, docname: str, source: list[str]) -> None:
-    source[0] = relative_links(source[0], settings(Path(app.srcdir))[2])
-
-
 def setup(app) -> dict:
     """Sphinx extension: the chapters' absolute links to the book's pages become relative."""
-    app.connect("source-read", _source_read)
+    site = settings(Path(app.srcdir))[2]
+
+    def source_read(app, docname: str, source: list[str]) -> None:
+        source[0] = relative_links(source[0], site)
+
+    app.connect("source-read", source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 

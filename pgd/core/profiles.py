@@ -69,13 +69,14 @@ class Profile:
                 f"at most {self.epochs} epochs per training stage{own}, fewer on more data: about "
                 f"{self.work:,} training images per stage, every image kept"
             )
-        limits = (
-            f"; at most {self.max_train:,} training and {self.max_eval:,} validation and test "
-            "images"
-            if self.max_train
-            else ""
-        )
+        limits = f"; {self.cap()} images" if self.cap() else ""
         return f"profile {self.name!r}: {epochs}{limits}"
+
+    def cap(self) -> str | None:
+        """How many images of each split the profile keeps, in words (None: every image)."""
+        if not self.max_train:
+            return None
+        return f"at most {self.max_train:,} training and {self.max_eval:,} validation and test"
 
 
 PROFILES: dict[str, Profile] = {

@@ -309,13 +309,12 @@ def show_warnings_briefly() -> None:
 
 
 def _in_notebook() -> bool:
-    """Whether output goes to a Jupyter (or Colab) notebook, where tqdm draws a widget."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    """Whether tqdm draws its bars as notebook widgets here, as ``tqdm.auto`` decides (a Jupyter
+    or Colab kernel with ipywidgets; without ipywidgets it falls back to text bars)."""
+    from tqdm.auto import tqdm as auto_tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    return issubclass(auto_tqdm, notebook_tqdm)
 
 
 class StageBar:

@@ -90,11 +90,7 @@ def profile_summary(config: ExperimentConfig, data: Splits) -> str:
     per training stage, and whether the chapter set them)."""
     profile = get_profile(config.profile)
     sizes = f"{len(data.train):,} training, {len(data.valid):,} validation, {len(data.test):,} test"
-    kept = (
-        f"at most {profile.max_train:,} training and {profile.max_eval:,} validation and test"
-        if profile.max_train is not None
-        else "every image"
-    )
+    kept = profile.cap() or "every image"
     epochs = config.stage_epochs(len(data.train))
     chosen = " (this chapter's setting)" if config.epochs is not None else ""
     return (
