@@ -37,3 +37,18 @@ def test_per_sample_norm_benchmark_runs_and_every_method_agrees(tmp_path):
     # a library that is missing or refuses the model is reported, not silently dropped
     skipped = table[table["ms"].isna()]
     assert skipped["note"].str.startswith("not run:").all()
+
+
+def test_the_instructors_profile_table_is_the_committed_measurement():
+    """Every row of the quick-against-full table on the instructors' page comes from
+    benchmarks/results/profile_agreement_cuda.csv, as ``profile_agreement.py --summary`` prints it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import profile_agreement
+    finally:
+        sys.path.pop(0)
+    results = ROOT / "benchmarks" / "results" / "profile_agreement_cuda.csv"
+    table = profile_agreement.summary(results, profile_agreement.CHAPTER_PROFILES)
+    page = (ROOT / "book" / "instructors.md").read_text()
+    assert table.count("\n") >= 10
+    assert table in page

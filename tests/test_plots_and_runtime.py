@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pgd.book import plots
-from pgd.book.notebook import notebook_setup, provenance_table
+from pgd.book.notebook import mean_spread, notebook_setup, provenance_table
 from pgd.core.profiles import get_profile
 from pgd.core.runtime import provenance, resolve_device
 from pgd.models import build_model
@@ -67,10 +67,35 @@ def test_provenance_names_device_versions_and_code():
     assert info["platform"] == f"{platform.system()} {platform.machine()}"  # no kernel string
     assert platform.release() not in " ".join(info.values())
     table = provenance_table(get_profile("quick"), resolve_device("cpu"), "some data")
-    assert (
-        table.loc["profile", "value"].startswith("quick")
-        and table.loc["data", "value"] == "some data"
+    assert table.loc["data", "value"] == "some data"
+
+
+def test_provenance_gives_the_epochs_the_chapter_trained_not_the_profile_s_most():
+    quick, full = get_profile("quick"), get_profile("full")
+    cpu = resolve_device("cpu")
+    assert provenance_table(quick, cpu, "d", epochs=3).loc["profile", "value"] == (
+        "quick (3 epochs per stage)"
     )
+    assert provenance_table(quick, cpu, "d", epochs=1).loc["profile", "value"] == (
+        "quick (1 epoch per stage)"
+    )
+    assert provenance_table(quick, cpu, "d").loc["profile", "value"] == (
+        "quick (at most 20 epochs per stage)"
+    )
+    assert provenance_table(full, cpu, "d").loc["profile", "value"] == "full (100 epochs per stage)"
+
+
+def test_one_seed_gets_a_mean_without_a_spread():
+    assert mean_spread([36.3, 38.4, 38.9]) == "37.9 ± 1.4"
+    assert mean_spread([36.3, 38.4, 38.9], 2, signed=True, unit=" points", over="seed") == (
+        "+37.87 ± 1.38 points (mean ± std over 3 seeds)"
+    )
+    assert mean_spread(pd.Series([5.0]), 2, signed=True, unit=" points", over="seed") == (
+        "+5.00 points (one seed)"
+    )
+    assert "nan" not in mean_spread([70.0]) and mean_spread([70.0]) == "70.0"
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_spread([])
 
 
 def test_notebook_setup_reports_profile_device_and_folders(monkeypatch, tmp_path, capsys):

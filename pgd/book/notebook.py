@@ -78,14 +78,47 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
     return env
 
 
-def provenance_table(profile: Profile, device: torch.device, data_description: str) -> pd.DataFrame:
-    """The provenance cell's table: profile, device, data source, versions, code version."""
-    rows = {
-        "profile": f"{profile.name} ({profile.epochs} epochs per stage)",
-        "data": data_description,
-    }
+def provenance_table(
+    profile: Profile, device: torch.device, data_description: str, epochs: int | None = None
+) -> pd.DataFrame:
+    """The provenance cell's table: profile, device, data source, versions, code version.
+
+    ``epochs``: the epochs per training stage this chapter's runs train (``config.stage_epochs``);
+    without it the row gives the most the profile trains ("at most 20" where the profile trains
+    fewer epochs on more data)."""
+    if epochs is not None:
+        trained = f"{epochs} epoch{'' if epochs == 1 else 's'} per stage"
+    elif profile.work is not None:
+        trained = f"at most {profile.epochs} epochs per stage"
+    else:
+        trained = f"{profile.epochs} epochs per stage"
+    rows = {"profile": f"{profile.name} ({trained})", "data": data_description}
     rows.update(provenance(device))
     return pd.DataFrame({"value": rows}).rename_axis("provenance")
+
+
+def mean_spread(
+    values, digits: int = 1, *, signed: bool = False, unit: str = "", over: str | None = None
+) -> str:
+    """``values``' mean and standard deviation in words: ``"37.9 ± 1.5"``, or only the mean where
+    there is one value (a spread over one seed is undefined, not zero). ``unit`` follows the
+    numbers (``" points"``); ``over`` names what the values are one per (``"seed"``) and adds
+    ``" (mean ± std over 3 seeds)"`` or ``" (one seed)"``.
+
+    Example: ``mean_spread(gain, 2, signed=True, unit=" points", over="seed")`` is
+    ``"+37.87 ± 1.54 points (mean ± std over 3 seeds)"``.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    series = pd.Series(values, dtype=float).dropna()
+    if series.empty:
+        raise ValueError("mean_spread needs at least one value")
+    mean = f"{series.mean():{'+' if signed else ''}.{digits}f}"
+    if len(series) == 1:
+        return f"{mean}{unit}" + (f" (one {over})" if over else "")
+    text = f"{mean} ± {series.std():.{digits}f}{unit}"
+    return text + (f" (mean ± std over {len(series)} {over}s)" if over else "")
 
 
 #: Print a message wrapped at the width the site shows (``print_wrapped``), for the chapters'
