@@ -13,7 +13,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 NBVAL_NOTEBOOKS := $(filter-out notebooks/07_comparison.ipynb notebooks/08_own_data.ipynb,$(NOTEBOOKS))
 PGD_PROFILE ?= full
 
-.PHONY: setup book test lint unit notebooks book-strict execute bench grid student clean clean-runs fashion-mnist
+.PHONY: setup book test lint unit notebooks book-strict execute bench grid student clean clean-runs system-deps
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ setup: $(STAMP)
 # CUDA wheels; torchvision 0.28.0 requires exactly that torch; Jupyter Book 2.x cannot build offline.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[pinned,book,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".[pinned,book,dev]"
 	touch $@
 
 book: setup
@@ -29,31 +29,38 @@ book: setup
 	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
 
 book-strict: setup
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(HERMETIC) $(BIN)/jupyter-book build . -W -n --keep-going
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 unit: setup
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(HERMETIC) $(BIN)/python -m pytest -p no:cacheprovider --basetemp=$(CURDIR)/_build/pytest
 
-# Chapter 8's real data: Fashion-MNIST from Debian's dataset-fashion-mnist where apt can install it
-# (as root); elsewhere the chapter downloads it with torchvision, or says how to get it.
-FASHION := /usr/share/datasets/fashion-mnist
-fashion-mnist:
-	@if [ ! -d $(FASHION) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist) for chapter 8"; \
-		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
-		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
-		|| echo "could not install dataset-fashion-mnist: chapter 8 will try torchvision's download"; \
+# What the tests and chapter 8 use from the system, installed only by this explicit command (as
+# root, with apt-get; elsewhere it prints the command): Chromium and its driver for the browser
+# test, Debian's dataset-fashion-mnist for chapter 8. `make test` installs nothing: a test whose
+# package is missing skips and says why; chapter 8 then downloads Fashion-MNIST or says how.
+SYSTEM_PACKAGES := chromium chromium-driver dataset-fashion-mnist
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $(SYSTEM_PACKAGES) || (apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES)); \
+	else \
+		echo "run as root on Debian or Ubuntu: sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	fi
+
+# Where the tests' tools keep their caches and settings: inside _build, not in the home folder.
+HERMETIC := MPLCONFIGDIR=$(CURDIR)/_build/home/matplotlib IPYTHONDIR=$(CURDIR)/_build/home/ipython \
+	JUPYTER_RUNTIME_DIR=$(CURDIR)/_build/home/jupyter XDG_CACHE_HOME=$(CURDIR)/_build/home/cache
 
 # The notebooks, top to bottom, in the smoke profile; only cells tagged nbval-check-output are
 # compared with the committed outputs (which come from a real run).
-notebooks: setup fashion-mnist
+notebooks: setup
 	rm -rf _build/smoke-runs
-	PGD_PROFILE=smoke PGD_RUNS=$(CURDIR)/_build/smoke-runs MPLBACKEND=Agg \
+	$(HERMETIC) PGD_PROFILE=smoke PGD_RUNS=$(CURDIR)/_build/smoke-runs PGD_DATA=$(CURDIR)/_build/data \
+		MPLBACKEND=Agg \
 		$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env $(NBVAL_NOTEBOOKS)
 
 # The strict build runs before the unit tests: tests/test_site_browser.py then drives Chromium over
@@ -64,7 +71,7 @@ test: lint book-strict unit notebooks
 # bars replaced by one summary line per training stage: this is
 # what produces the committed outputs. Checkpoints go to _build/runs-<profile> (kept: an
 # interrupted `make execute` resumes; `make clean-runs` starts over).
-execute: setup fashion-mnist
+execute: setup
 	for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb (profile $(PGD_PROFILE))"; \
 		PGD_PROFILE=$(PGD_PROFILE) PGD_PROGRESS=0 PGD_RUNS=$(CURDIR)/_build/runs-$(PGD_PROFILE) \

@@ -41,7 +41,8 @@ def test_per_sample_norm_benchmark_runs_and_every_method_agrees(tmp_path):
 
 def test_the_instructors_profile_table_is_the_committed_measurement():
     """Every row of the quick-against-full table on the instructors' page comes from
-    benchmarks/results/profile_agreement_cuda.csv, as ``profile_agreement.py --summary`` prints it."""
+    benchmarks/results/profile_agreement_cuda.csv, as ``profile_agreement.py --summary`` prints
+    it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import profile_agreement

@@ -38,7 +38,8 @@ def test_files_that_are_not_the_release_are_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(
-    not fashion.DEBIAN_FOLDER.is_dir(), reason="dataset-fashion-mnist not installed"
+    not fashion.DEBIAN_FOLDER.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (`sudo make system-deps` installs it)",
 )
 def test_the_debian_package_gives_the_release(tmp_path):
     data = fashion.load_fashion_mnist(tmp_path, download=False)

@@ -70,3 +70,23 @@ def test_workflow_uses_current_action_majors():
             action, _, version = step["uses"].partition("@")
             assert action in CURRENT_MAJORS, f"{action}: add it to CURRENT_MAJORS"
             assert int(version.lstrip("v").split(".")[0]) >= CURRENT_MAJORS[action], step["uses"]
+
+
+def test_make_test_installs_nothing_on_the_system():
+    """`make test` neither calls apt-get nor sudo; system packages come from `make system-deps`."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plan = subprocess.run(
+        ["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "pytest" in plan and "ruff" in plan  # the plan is the real one
+    assert "apt-get" not in plan and "sudo" not in plan
+    deps = subprocess.run(
+        ["make", "-n", "system-deps"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "apt-get install" in deps and "chromium-driver" in deps

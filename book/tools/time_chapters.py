@@ -58,7 +58,7 @@ def place_full_size_digits(data_root: Path) -> None:
         if not source.is_file():
             raise SystemExit(
                 f"{source} is missing: install Fashion-MNIST with "
-                "`apt-get install dataset-fashion-mnist` (or `make fashion-mnist`)"
+                "`apt-get install dataset-fashion-mnist` (or `sudo make system-deps`)"
             )
         with gzip.open(source, "rb") as packed, open(raw / name, "wb") as plain:
             shutil.copyfileobj(packed, plain)
