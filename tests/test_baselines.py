@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from pgd.book.theory import SpuriousProblem
-from pgd.datasets.base import group_ids
+from pgd.datasets.base import SplitsDefaults, group_ids
 from pgd.experiments.pipeline import ExperimentConfig, run
 from pgd.methods.groupdro import GroupDROObjective
 from pgd.methods.jtt import error_set_weights
@@ -50,7 +50,7 @@ class SpuriousImages(Dataset):
 
 
 @dataclass
-class SpuriousSplits:
+class SpuriousSplits(SplitsDefaults):  # what the layers read beyond the splits: defaults
     train: SpuriousImages
     valid: SpuriousImages
     test: SpuriousImages

@@ -148,6 +148,23 @@ def test_a_rarer_ratio_is_derived_from_the_same_faces_by_links(tmp_path):
     assert derived.stat().st_ino == before  # reused, not written again
 
 
+def test_a_rarer_ratio_is_copied_where_the_folder_cannot_hold_links(tmp_path, monkeypatch):
+    import os
+
+    folder = write_bffhq_layout(tmp_path, per_group=4, aligned=250, size=8)
+
+    def no_links(source, target):
+        raise OSError(95, "Operation not supported")  # as on a mounted Google Drive folder
+
+    monkeypatch.setattr(os, "link", no_links)
+    derived = bffhq.derive_rarer_ratio(folder, 0.004)
+    one = next((derived / "conflict" / "0").iterdir())
+    source = folder / "0.5pct" / "conflict" / "0" / one.name
+    assert one.read_bytes() == source.read_bytes() and one.stat().st_ino != source.stat().st_ino
+    data = bffhq.load_bffhq(tmp_path, ratio=0.004, image_size=16, verify="off")
+    assert int(data.train.is_conflicting.sum()) == 2
+
+
 def test_a_derived_ratio_must_be_rarer_than_its_source(tmp_path):
     folder = write_bffhq_layout(tmp_path, per_group=2, size=8)
     with pytest.raises(ValueError, match="only make the bias-conflicting images rarer"):

@@ -73,6 +73,30 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert "CUDA was requested" in capsys.readouterr().err
 
 
+def test_torch_s_own_errors_keep_their_traceback_and_the_package_s_are_one_line(
+    monkeypatch, capsys
+):
+    from pgd.core.errors import PgdError
+    from pgd.experiments import cli
+
+    def torch_fails(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 12x2)")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", torch_fails)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(SMOKE)
+
+    def input_fails(args):
+        raise PgdError("the folder holds no images: put them in DIR/train/<class>/")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", input_fails)
+    assert main(SMOKE) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "python -m pgd: error: the folder holds no images: put them in DIR/train/<class>/"
+    )
+
+
 def test_unwritable_data_root_is_a_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -16,6 +16,7 @@ from pgd.experiments.compare import (
     summary_table,
     wall_time_table,
 )
+from pgd.methods.registry import METHODS
 
 GRID = {
     "dataset": "cmnist",
@@ -85,7 +86,7 @@ def test_results_are_one_tidy_row_per_dataset_ratio_method_seed(killed_and_resum
     assert (results["seconds"] > 0).all()
     tuning = pd.read_csv(out / "tuning.csv")
     # JTT's lambda is searched on validation, once per ratio; one candidate chosen each time.
-    assert len(tuning) == 2 * len(compare.TUNING["jtt"]["jtt_upweight"])
+    assert len(tuning) == 2 * len(METHODS["jtt"].tuning["jtt_upweight"])
     assert tuning.groupby("ratio")["chosen"].sum().tolist() == [1, 1]
     assert "accuracy" not in tuning  # the search sees validation metrics only
     best = tuning.loc[tuning.groupby("ratio")[compare.SELECTION_METRIC].idxmax()]

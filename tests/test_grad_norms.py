@@ -691,3 +691,101 @@ def test_a_chosen_module_out_of_reach_of_the_first_layers_is_still_counted():
     model = TwoBranch()
     names = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("first", "side")]
     _check(model, x, y, params=names, modules=["first", "side"])
+
+
+# -- private torch internals: one module, and a fallback where one is missing or differs ---------
+
+
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.LayerNorm([4, 6, 6]),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    ).double()
+
+
+@pytest.fixture
+def fresh_internals(monkeypatch):
+    """Each test sees the self-check run again, and its warnings again."""
+    from pgd.gradients import torch_internals
+
+    torch_internals.forget_self_check()
+    monkeypatch.setattr(gn, "_WARNED", set())
+    yield torch_internals
+    torch_internals.forget_self_check()
+
+
+def _reference(model, x, y):
+    return per_sample_grad_norms(model, x, y)
+
+
+def test_a_missing_internal_makes_every_norm_come_from_torch_func(fresh_internals, monkeypatch):
+    monkeypatch.setattr(fresh_internals, "missing", lambda: ["Tensor._version"])
+    model, x = _small_net(), torch.randn(7, 3, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,))
+    with pytest.warns(UserWarning, match=r"lacks Tensor\._version.*computed with torch\.func"):
+        norms, parts = grad_norms(model, x, y, per_module=True)
+    torch.testing.assert_close(norms, _reference(model, x, y), rtol=1e-10, atol=0)
+    assert set(parts) == {"0", "1", "4"}  # the modules that own the parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every batch
+        grad_norms(model, x, y)
+
+
+def test_an_internal_that_behaves_differently_is_caught_and_replaced(fresh_internals, monkeypatch):
+    real = fresh_internals.convolution_backward
+
+    def wrong(*args):
+        out = list(real(*args))
+        out[1] = out[1] * 1.5  # a changed convention of the private operator
+        return tuple(out)
+
+    monkeypatch.setattr(fresh_internals, "convolution_backward", wrong)
+    monkeypatch.setattr(gn, "conv_mode", lambda *a, **k: "materialise")  # the path that uses it
+    model, x = _small_net(), torch.randn(7, 3, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,))
+    with pytest.warns(UserWarning, match="differ from torch.func's on a test network"):
+        norms = grad_norms(model, x, y)
+    torch.testing.assert_close(norms, _reference(model, x, y), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("internal", ["global hooks unreadable", "no convolution_backward"])
+def test_a_missing_closed_form_internal_moves_only_its_layers_to_torch_func(
+    fresh_internals, monkeypatch, internal
+):
+    if internal == "global hooks unreadable":
+        monkeypatch.setattr(fresh_internals, "global_forward_hooks_present", lambda: True)
+        moved = {"Conv2d", "LayerNorm", "Linear"}  # no module can be proven hook-free
+    else:
+        monkeypatch.setattr(fresh_internals, "convolution_backward_available", lambda: False)
+        moved = {"Conv2d"}
+    model, x = _small_net(), torch.randn(7, 3, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        norms = grad_norms(model, x, y)
+    torch.testing.assert_close(norms, _reference(model, x, y), rtol=1e-10, atol=0)
+    said = " ".join(str(w.message) for w in caught)
+    assert all(f"module '{i}'" in said for i, m in enumerate(model) if type(m).__name__ in moved)
+    assert "Linear" in moved or "module '4'" not in said
+
+
+def test_the_self_check_leaves_the_callers_random_state_alone(fresh_internals):
+    model, x, y = _small_net(), torch.randn(3, 3, 6, 6, dtype=torch.float64), torch.arange(3)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    grad_norms(model, x, y)  # the first call runs the self-check, which builds a network
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_no_module_but_torch_internals_touches_a_private_torch_name():
+    """The private names grad_norms needs are looked up in one module only."""
+    from pathlib import Path
+
+    source = Path(gn.__file__).read_text()
+    for private in ("torch._C", "._version", "_pytree", "_global_forward", "aten.convolution"):
+        assert private not in source, private

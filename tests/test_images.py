@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from pgd.datasets import bffhq, celeba
 from pgd.datasets.archives import (
     DownloadError,
     UnsafeArchiveError,
     diagnose_download,
     safe_extract,
 )
-from pgd.datasets.images import CorruptImageError, ImageFileDataset, image_transforms, read_image
+from pgd.datasets.images import CorruptImageError, ImageFileDataset, read_image
 from pgd.datasets.standins import STAND_IN_MARKER, render_stand_in, stand_in_folder
 
 
@@ -44,8 +45,8 @@ def test_read_image_names_a_file_that_is_not_an_image(tmp_path):
 def test_dataset_items_head_and_evaluation_view(tmp_path):
     files = [str(_png(tmp_path / f"{i}.png", (40, 40))) for i in range(5)]
     labels, bias = torch.tensor([0, 1, 0, 1, 0]), torch.tensor([0, 1, 1, 1, 0])
-    train_tf = image_transforms("bffhq", 32, train=True)
-    eval_tf = image_transforms("bffhq", 32, train=False)
+    train_tf = bffhq.IMAGES.transforms(32, train=True)
+    eval_tf = bffhq.IMAGES.transforms(32, train=False)
     data = ImageFileDataset(files, labels, bias, "train", train_tf, eval_tf)
     image, label, b, index = data[2]
     assert image.shape == (3, 32, 32) and int(label) == 0 and int(b) == 1 and index == 2
@@ -57,7 +58,31 @@ def test_dataset_items_head_and_evaluation_view(tmp_path):
 
 def test_celeba_transform_crops_the_aligned_face_to_a_square(tmp_path):
     image = Image.new("RGB", (178, 218))
-    assert image_transforms("celeba", 64, train=False)(image).shape == (3, 64, 64)
+    assert celeba.IMAGES.transforms(64, train=False)(image).shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_each_dataset_s_preprocessing_is_its_baseline_s_torchvision_pipeline(train):
+    """CelebA as LfF and JTT prepare it, BFFHQ as DFA does: the same random draws give the same
+    tensors as the plain torchvision composition."""
+    import torchvision.transforms as T
+
+    norm = [T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    flip = [T.RandomHorizontalFlip()] if train else []
+    expected = {
+        celeba.IMAGES: T.Compose([T.CenterCrop(178), T.Resize(48), *flip, *norm]),
+        bffhq.IMAGES: T.Compose(
+            [T.Resize((48, 48)), *([T.RandomCrop(48, padding=1)] if train else []), *flip, *norm]
+        ),
+    }
+    pixels = torch.randint(0, 256, (218, 178, 3), generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    for pipeline, plain in expected.items():
+        for seed in range(4):
+            torch.manual_seed(seed)
+            ours = pipeline.transforms(48, train=train)(image)
+            torch.manual_seed(seed)
+            assert torch.equal(ours, plain(image)), (pipeline.name, seed)
 
 
 def _zip(path, members: dict[str, bytes]):

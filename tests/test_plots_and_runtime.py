@@ -440,3 +440,16 @@ def test_a_stage_bar_in_a_notebook_is_replaced_by_its_summary_line(monkeypatch):
     bar.finish("biased: 2 epochs")
     assert len(shown) == 1  # the widget, shown once through a handle
     assert updates == [({"text/plain": "biased: 2 epochs"}, True)]
+
+
+def test_progress_bars_follow_the_argument_then_pgd_progress_then_tqdm_disable(monkeypatch):
+    from pgd.core.runtime import progress_enabled
+
+    monkeypatch.delenv("PGD_PROGRESS", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress_enabled() and not progress_enabled(False)
+    monkeypatch.setenv("PGD_PROGRESS", "0")
+    assert not progress_enabled() and progress_enabled(True)
+    monkeypatch.setenv("PGD_PROGRESS", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress_enabled() and progress_enabled(True)

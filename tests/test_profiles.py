@@ -36,12 +36,12 @@ def test_quick_keeps_every_image_and_bounds_work_by_fewer_epochs():
     3,600-digit subset costs, and the subset keeps its 20 epochs."""
     quick = PROFILES["quick"]
     assert quick.max_train is None and quick.max_eval is None
-    assert quick.epochs_for("cmnist", 54_000) == 3
-    assert quick.epochs_for("cmnist", 3_600) == 20  # at most `epochs`
-    assert quick.epochs_for("cmnist", 10**9) == 1  # at least one
-    assert quick.epochs_for("bffhq", 10**9) == 5  # a dataset's own epochs are not scaled
-    assert quick.epochs_for("cmnist") == 20  # size unknown: the most it trains
-    assert PROFILES["full"].epochs_for("cmnist", 54_000) == 100  # full is not bounded by work
+    assert quick.epochs_for(54_000) == 3
+    assert quick.epochs_for(3_600) == 20  # at most `epochs`
+    assert quick.epochs_for(10**9) == 1  # at least one
+    assert quick.epochs_for(10**9, own=5) == 5  # a dataset's own epochs are not scaled
+    assert quick.epochs_for() == 20  # size unknown: the most it trains
+    assert PROFILES["full"].epochs_for(54_000) == 100  # full is not bounded by work
 
 
 def test_a_run_trains_the_epochs_of_its_data_size():
@@ -57,8 +57,9 @@ def test_profiles_describe_what_they_train():
     assert quick.startswith("profile 'quick': at most 20 epochs per training stage")
     assert "about 160,000 training images per stage, every image kept" in quick
     assert "at most 1,200 training" in PROFILES["smoke"].describe()
-    # the full profile's line is the one its committed chapters printed
-    assert PROFILES["full"].describe() == (
+    # the full profile's line, with the registered datasets' own epochs, is the one its
+    # committed chapters printed
+    assert PROFILES["full"].describe({"celeba": 10, "bffhq": 30}) == (
         "profile 'full': 100 epochs per training stage (celeba 10, bffhq 30)"
     )
 

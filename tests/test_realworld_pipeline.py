@@ -11,7 +11,6 @@ import torch
 from layouts import write_bffhq_layout
 
 import pgd.models
-from pgd.core.profiles import get_profile
 from pgd.datasets.images import measure_loading
 from pgd.experiments.cli import main
 from pgd.experiments.config import ExperimentConfig
@@ -60,7 +59,7 @@ def test_profiles_give_resnet_datasets_their_own_epochs():
     assert ExperimentConfig(dataset="celeba", profile="full").profile_spec.epochs == 10
     assert ExperimentConfig(dataset="cmnist", profile="full").profile_spec.epochs == 100
     assert ExperimentConfig(dataset="bffhq", profile="smoke").profile_spec.epochs == 2
-    assert get_profile("quick").epochs_for("bffhq") == 5
+    assert ExperimentConfig(dataset="bffhq", profile="quick").stage_epochs(10**9) == 5
 
 
 def test_resnet_stages_follow_dfa_with_mixed_precision():

@@ -122,25 +122,6 @@ def test_group_mean_accuracy_averages_the_groups_present():
     assert group_mean_accuracy(correct, labels, bias) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
 
 
-def test_a_checkpoint_without_the_other_rules_leaves_them_unavailable(cmnist, tmp_path):
-    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
-    config = TrainConfig(epochs=2, batch_size=64)
-    train(_fresh(), train_set, valid_set, config, checkpoint=tmp_path / "c.pt", progress=False)
-    state = load_checkpoint(tmp_path / "c.pt")
-    del state["tracked"]  # as an earlier version of the code wrote it
-    atomic_save(state, tmp_path / "c.pt")
-    again = train(
-        _fresh(),
-        train_set,
-        valid_set,
-        config,
-        checkpoint=tmp_path / "c.pt",
-        resume=True,
-        progress=False,
-    )
-    assert again.selected == {} and again.best_epoch == state["best_epoch"]
-
-
 def _weights_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -245,23 +226,6 @@ def test_checkpoint_of_another_configuration_is_not_resumed(cmnist, tmp_path):
             progress=False,
         )
     assert result.resumed_from is None
-
-
-def test_checkpoint_of_code_proven_equivalent_is_resumed(cmnist, tmp_path):
-    train_set, valid_set = cmnist.train.head(128), cmnist.valid.head(50)
-    config = TrainConfig(epochs=1, batch_size=64)
-    old = dict(config=config, checkpoint=tmp_path / "c.pt", progress=False)
-    train(_fresh(), train_set, valid_set, fingerprint="old code", **old)
-    again = train(
-        _fresh(seed=5),
-        train_set,
-        valid_set,
-        fingerprint="new code",
-        equivalent=["old code"],
-        resume=True,
-        **old,
-    )
-    assert again.resumed_from == 1  # read back, not retrained
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

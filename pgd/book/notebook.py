@@ -26,6 +26,7 @@ from ..core.runtime import (
     show_warnings_briefly,
     wrap,
 )
+from ..datasets.registry import DATASETS
 from .plots import use_book_style
 
 
@@ -72,7 +73,12 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
     pd.set_option("display.max_colwidth", None)  # provenance and descriptions in full
     print(f"{'Colab' if colab else 'local'} run; {found}")
     seeds = ", ".join(map(str, profile.seeds))
-    line = f"{profile.describe()}; seeds {seeds}; a chapter that sets its own says so"
+    own = {
+        n: s.profile_epochs[profile.name]
+        for n, s in DATASETS.items()
+        if profile.name in s.profile_epochs
+    }
+    line = f"{profile.describe(own)}; seeds {seeds}; a chapter that sets its own says so"
     print_wrapped(line)
     print(f"data in {display_path(env.data_root)}; checkpoints in {display_path(env.runs_root)}")
     return env

@@ -7,16 +7,17 @@ bounded by work, about 160,000 training images per stage and at most 20 epochs, 
 MNIST's 54,000 training digits get 3 epochs and the offline 3,600-digit subset gets 20.
 ``benchmarks/results/profile_agreement_cuda.csv`` measures how close its comparisons come to the
 full profile's (the instructors' page shows the table). ``full`` is the schedule of the paper's
-official code (100 epochs per training stage) on Colored MNIST, with shorter schedules for
-ResNet-18 on CelebA (10 epochs) and BFFHQ (30 epochs), whose epochs cost far more (chapters 4 and
-5 estimate the time from measured throughput). The profile is read from the environment variable
-``PGD_PROFILE`` (default ``quick``) and can be overridden in code by passing a name or a
-:class:`Profile`.
+official code (100 epochs per training stage). A dataset whose epochs cost far more declares its
+own epochs per profile in its spec (``DatasetSpec.profile_epochs``: ResNet-18 on CelebA trains
+10 under full, on BFFHQ 30; chapters 4 and 5 estimate the time from measured throughput). The
+profile is read from the environment variable ``PGD_PROFILE`` (default ``quick``) and can be
+overridden in code by passing a name or a :class:`Profile`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PROFILE_ENV = "PGD_PROFILE"
@@ -33,11 +34,9 @@ class Profile:
         max_train: keep at most this many training samples (``None``: all of them).
         max_eval: keep at most this many validation and test samples each (``None``: all).
         seeds: the seeds a chapter averages over.
-        dataset_epochs: ``(dataset, epochs)`` pairs that replace ``epochs`` for datasets whose
-            epochs cost far more (ResNet-18 on 224 x 224 CelebA and BFFHQ images).
-        work: training images per stage (``None``: no bound): a dataset without its own
-            ``dataset_epochs`` trains ``round(work / training images)`` epochs, at least 1 and
-            at most ``epochs``.
+        work: training images per stage (``None``: no bound): a dataset without epochs of its
+            own trains ``round(work / training images)`` epochs, at least 1 and at most
+            ``epochs``.
     """
 
     name: str
@@ -45,22 +44,22 @@ class Profile:
     max_train: int | None
     max_eval: int | None
     seeds: tuple[int, ...]
-    dataset_epochs: tuple[tuple[str, int], ...] = ()
     work: int | None = None
 
-    def epochs_for(self, dataset: str, train_size: int | None = None) -> int:
-        """Epochs per training stage on ``dataset`` with ``train_size`` training samples
-        (``None``: the most the profile trains, as if the data were small)."""
-        own = dict(self.dataset_epochs)
-        if dataset in own:
-            return own[dataset]
+    def epochs_for(self, train_size: int | None = None, own: int | None = None) -> int:
+        """Epochs per training stage with ``train_size`` training samples (``None``: the most
+        the profile trains, as if the data were small); ``own``: the dataset's own epochs under
+        this profile (``DatasetSpec.profile_epochs``), which replace the profile's."""
+        if own is not None:
+            return own
         if self.work is None or train_size is None:
             return self.epochs
         return max(1, min(self.epochs, round(self.work / max(train_size, 1))))
 
-    def describe(self) -> str:
-        """One line: what this profile trains, for setup cells and help texts."""
-        own = ", ".join(f"{d} {e}" for d, e in self.dataset_epochs)
+    def describe(self, dataset_epochs: Mapping[str, int] | None = None) -> str:
+        """One line: what this profile trains, for setup cells and help texts;
+        ``dataset_epochs``: the datasets with their own epochs under it, ``{name: epochs}``."""
+        own = ", ".join(f"{d} {e}" for d, e in (dataset_epochs or {}).items())
         own = f" ({own})" if own else ""
         if self.work is None:
             epochs = f"{self.epochs} epochs per training stage{own}"
@@ -87,7 +86,6 @@ PROFILES: dict[str, Profile] = {
         max_train=None,  # every image: a cap would cut the bias-conflicting samples
         max_eval=None,
         seeds=(0, 1, 2),
-        dataset_epochs=(("celeba", 2), ("bffhq", 5)),
         work=160_000,  # full MNIST: 3 epochs; the offline subset: 20
     ),
     "full": Profile(
@@ -96,7 +94,6 @@ PROFILES: dict[str, Profile] = {
         max_train=None,
         max_eval=None,
         seeds=(0, 1, 2),
-        dataset_epochs=(("celeba", 10), ("bffhq", 30)),
     ),
 }
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .errors import PgdError
+
 if TYPE_CHECKING:
     pass
 
@@ -44,7 +46,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             build = (
                 "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
             )
-            raise RuntimeError(
+            raise PgdError(
                 f"CUDA was requested (device={name!r}) but no GPU is available to torch "
                 f"{torch.__version__} ({build}). On Colab choose Runtime > Change runtime type > "
                 "GPU; elsewhere use device='auto' or 'cpu' (command line: --device auto)."
@@ -93,15 +95,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: ``0`` hides the package's progress bars (the committed notebooks' setting).
+PROGRESS_ENV = "PGD_PROGRESS"
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Whether to draw a progress bar: ``progress`` where given; else not where
+    ``$PGD_PROGRESS`` is 0 or tqdm's own ``$TQDM_DISABLE`` is set, and otherwise yes."""
+    if progress is not None:
+        return progress
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
+        return False
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
 #: Layers left out of :func:`code_fingerprint`: nothing that trains or evaluates imports them
-#: (tests/test_architecture.py checks it), so editing a figure does not retire checkpoints.
+#: (tests/test_architecture.py checks it), so the version shows the code that computed a result.
 NOT_IN_FINGERPRINT = ("book",)
 
 
 @functools.cache
 def code_fingerprint() -> str:
     """A short hash of the package's source that can change a result (every layer but the book
-    layer's figures and notebook helpers), so that checkpoints of older code are not resumed.
+    layer's figures and notebook helpers): provenance of results tables and chapters. It is not
+    part of a checkpoint's identity (see :data:`pgd.experiments.pipeline.RESULTS_VERSION`).
 
     Computed once per process, from the files as they were when first asked: a long run that
     outlives an edit of the package still reports the code it is running."""
@@ -113,31 +130,6 @@ def code_fingerprint() -> str:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-#: Pairs of code versions proven to give bit-identical results (see the file's header).
-EQUIVALENT_CODE_FILE = Path(__file__).with_name("equivalent_code.txt")
-
-
-def equivalent_code_versions(version: str | None = None) -> frozenset[str]:
-    """Earlier code versions whose results ``version`` (default: this code) reproduces bit for
-    bit, as recorded in :data:`EQUIVALENT_CODE_FILE` (followed transitively): their
-    checkpoints may be resumed by this code. Empty when nothing is recorded."""
-    pairs: list[tuple[str, str]] = []
-    if EQUIVALENT_CODE_FILE.is_file():
-        for line in EQUIVALENT_CODE_FILE.read_text().splitlines():
-            words = line.split("#", 1)[0].split()
-            if len(words) >= 2:
-                pairs.append((words[0], words[1]))
-    found: set[str] = set()
-    frontier = [version or code_fingerprint()]
-    while frontier:
-        newer = frontier.pop()
-        for old, new in pairs:
-            if new == newer and old not in found:
-                found.add(old)
-                frontier.append(old)
-    return frozenset(found)
 
 
 def _git_commit() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -12,8 +13,10 @@ from typing import IO, Any
 
 import torch
 
+from .errors import PgdError
 
-class CorruptFileError(RuntimeError):
+
+class CorruptFileError(PgdError):
     """A file exists but cannot be read back, or its content does not match its checksum."""
 
 
@@ -76,3 +79,12 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     with _atomic_file(path, "w") as file:
         file.write(text)
     return path
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``target`` the same file as ``source``: a hard link where the file system allows one
+    (no extra space), else a copy (a mounted Google Drive folder, another device)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

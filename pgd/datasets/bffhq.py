@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import compat
 from ..core.runtime import data_root, display_path
+from ..core.storage import link_or_copy
 from .archives import safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .faces import render_face
@@ -39,6 +41,7 @@ from .images import (
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
     VERIFY_OPTION,
+    ImagePipeline,
     ImageSplits,
     image_name_parts,
     image_splits,
@@ -46,6 +49,17 @@ from .images import (
     shuffled,
 )
 from .standins import is_stand_in, stand_in_folder, stand_in_groups
+
+
+def _resize(size: int):
+    return compat.import_torchvision().transforms.Resize((size, size))
+
+
+#: DFA's preprocessing: resized to a square; training adds a random crop with 4-pixel padding
+#: (at 224 pixels, scaled with the size) and a horizontal flip.
+IMAGES = ImagePipeline(
+    "bffhq", resize=_resize, crop_padding=lambda size: max(1, round(4 * size / REAL_IMAGE_SIZE))
+)
 
 ARCHIVES = ("bffhq.zip", "bffhq.tar", "bffhq.tar.gz", "bffhq.tgz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -242,10 +256,7 @@ def derive_rarer_ratio(
             (staging / kind / name).mkdir(parents=True)
             for path in files:
                 target = staging / kind / name / path.name
-                try:
-                    os.link(path, target)
-                except OSError:
-                    shutil.copy2(path, target)
+                link_or_copy(path, target)
     (staging / DERIVED_MARKER).write_text(json.dumps(settings))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
@@ -311,7 +322,7 @@ def load_bffhq(
     }
     splits = image_splits(
         ordered,
-        "bffhq",
+        IMAGES,
         size,
         workers=workers,
         root=root,
@@ -425,7 +436,7 @@ def write_bffhq_stand_in(
                     target = out / pct / path.parent.parent.name / path.parent.name / path.name
                     if not target.exists():
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        os.link(path, target)
+                        link_or_copy(path, target)
         for split, per_group in eval_counts.items():
             for t, b in stand_in_groups(dict.fromkeys(groups4, per_group), rng):
                 face(out / split, t, b)
@@ -458,4 +469,5 @@ SPEC = DatasetSpec(
     default_ratio=0.005,
     options=(STAND_IN_OPTION, IMAGE_SIZE_OPTION, VERIFY_OPTION),
     name_parts=lambda ratio, options, source: image_name_parts("bffhq", f"ratio{ratio:g}", options),
+    profile_epochs={"quick": 5, "full": 30},
 )

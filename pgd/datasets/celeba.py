@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, display_path
+from ..core.runtime import data_root, display_path, progress_enabled
 from .archives import DownloadError, diagnose_download, safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .faces import render_face
@@ -44,6 +44,7 @@ from .images import (
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
     VERIFY_OPTION,
+    ImagePipeline,
     ImageSplits,
     image_name_parts,
     image_splits,
@@ -51,6 +52,16 @@ from .images import (
     shuffled,
 )
 from .standins import is_stand_in, stand_in_folder, stand_in_groups
+
+
+def _centre_crop_and_resize(size: int):
+    T = compat.import_torchvision().transforms
+    return T.Compose([T.CenterCrop(178), T.Resize(size)])
+
+
+#: LfF's and JTT's preprocessing: the centre 178 x 178 of the 178 x 218 aligned face, resized;
+#: training adds a horizontal flip.
+IMAGES = ImagePipeline("celeba", resize=_centre_crop_and_resize)
 
 DEFAULT_TARGET = "Blond_Hair"
 DEFAULT_BIAS = "Male"
@@ -307,7 +318,7 @@ def write_official_layout(splits, folder: Path, raw_images=None, source: str = "
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "img_align_celeba").mkdir(parents=True)
     attr_lines, part_lines, number = [], [], 0
-    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    show = progress_enabled()
     for split, rows in splits.items():
         if raw_images is not None and hasattr(rows, "cast_column"):
             rows = rows.cast_column(image_column, raw_images)  # the stored bytes, not decoded
@@ -482,7 +493,7 @@ def load_celeba(
         parts[split] = shuffled(files, labels, bias_labels, seed=order_seed)
     splits = image_splits(
         parts,
-        "celeba",
+        IMAGES,
         size,
         workers=workers,
         root=root,
@@ -719,4 +730,5 @@ SPEC = DatasetSpec(
     name_parts=lambda ratio, options, source: image_name_parts(
         "celeba", f"{options['target_attr']}-{options['bias_attr']}", options
     ),
+    profile_epochs={"quick": 2, "full": 10},
 )

@@ -42,6 +42,7 @@ from .base import (
     DataRequest,
     DatasetSpec,
     DataUnavailableError,
+    SplitsDefaults,
     check_ratio,
     download_failure_in_words,
 )
@@ -283,7 +284,7 @@ class ColoredMNIST(Dataset):
 
 
 @dataclass
-class ColoredMNISTSplits:
+class ColoredMNISTSplits(SplitsDefaults):
     """Train, validation and (unbiased) test splits with how they were made."""
 
     train: ColoredMNIST

@@ -40,9 +40,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..core.runtime import data_root, print_wrapped
+from ..core.runtime import data_root, print_wrapped, progress_enabled
 from ..core.storage import CorruptFileError, atomic_save, safe_load
-from .base import DataRequest, DatasetSpec, DataUnavailableError
+from .base import DataRequest, DatasetSpec, DataUnavailableError, SplitsDefaults
 from .images import IMAGE_SIZE_OPTION, IMAGENET_MEAN, IMAGENET_STD, read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -184,7 +184,7 @@ def read_bias_file(folder: Path, paths: set[str]) -> dict[str, str]:
 def _decode(folder: Path, rels: list[str], size: int, desc: str) -> Tensor:
     """``(N, 3, size, size)`` uint8: every image read (RGB), resized, checked."""
     out = torch.empty(len(rels), 3, size, size, dtype=torch.uint8)
-    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    show = progress_enabled()
     for i, rel in enumerate(tqdm(rels, desc=desc, unit="image", disable=not show, leave=False)):
         image = read_image(folder / rel)  # CorruptImageError names the file
         if image.size != (size, size):
@@ -265,7 +265,7 @@ class FolderImages(Dataset):
 
 
 @dataclass
-class FolderSplits:
+class FolderSplits(SplitsDefaults):
     """An image folder's train, validation and test splits, and what is known of its bias.
 
     Attributes:

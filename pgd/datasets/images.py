@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..core import compat
+from ..core.errors import PgdError
 from ..core.params import Param
-from ..core.runtime import data_root, notice, print_wrapped
+from ..core.runtime import data_root, notice, print_wrapped, progress_enabled
 from ..core.storage import CorruptFileError, atomic_save, safe_load
-from .base import DataRequest, batch_loader
+from .base import DataRequest, SplitsDefaults, batch_loader
 
 #: ImageNet statistics, the normalisation of every ResNet-18 baseline (LfF, DFA, JTT).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,7 +43,7 @@ STAND_IN_IMAGE_SIZE = 48
 WORKERS_ENV = "PGD_WORKERS"
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(PgdError):
     """An image file cannot be decoded; the message names the file."""
 
 
@@ -105,23 +106,50 @@ def image_name_parts(name: str, middle: str, options: Mapping[str, Any]) -> list
 IMAGE_CACHE_BYTES = 2 * 2**30
 
 
-def resize_steps(dataset: str, size: int):
-    """The deterministic part of :func:`image_transforms` (PIL image in, PIL image out)."""
-    T = compat.import_torchvision().transforms
-    if dataset == "celeba":
-        return T.Compose([T.CenterCrop(178), T.Resize(size)])
-    if dataset == "bffhq":
-        return T.Compose([T.Resize((size, size))])
-    raise ValueError(f"no image transforms for dataset {dataset!r}")
+@dataclass(frozen=True)
+class ImagePipeline:
+    """How one dataset's image files become training tensors, declared by the dataset's own
+    module (nothing here knows a dataset by name).
+
+    Attributes:
+        name: names the decoded-image cache (with the size); change it when ``resize`` changes.
+        resize: ``resize(size)``, the deterministic PIL steps that bring a file to ``size`` x
+            ``size`` pixels (e.g. a centre crop, then a resize).
+        crop_padding: ``crop_padding(size)``, the zero padding of the training random crop at
+            that size (0: no random crop).
+        flip: training adds a random horizontal flip.
+    """
+
+    name: str
+    resize: Callable[[int], Any]
+    crop_padding: Callable[[int], int] = lambda size: 0
+    flip: bool = True
+
+    def transforms(self, size: int, train: bool):
+        """PIL image in, normalised ``(3, size, size)`` float tensor out (ImageNet statistics);
+        with the training augmentation where ``train``."""
+        T = compat.import_torchvision().transforms
+        steps = [self.resize(size)]
+        padding = self.crop_padding(size)
+        if train and padding:
+            steps.append(T.RandomCrop(size, padding=padding))
+        if train and self.flip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def tensor_augmentation(self, size: int) -> TensorAugmentation:
+        """The same training augmentation for images already decoded to uint8 tensors."""
+        return TensorAugmentation(padding=self.crop_padding(size), flip=self.flip)
 
 
 @dataclass(frozen=True)
 class TensorAugmentation:
     """The baselines' training augmentation on a decoded ``(3, S, S)`` uint8 image: an optional
-    random crop after zero padding, then a random horizontal flip (as torchvision's
+    random crop after zero padding, then (``flip``) a random horizontal flip (as torchvision's
     ``RandomCrop(S, padding)`` and ``RandomHorizontalFlip`` on the PIL image)."""
 
     padding: int = 0
+    flip: bool = True
 
     def __call__(self, image: Tensor) -> Tensor:
         if self.padding:
@@ -129,48 +157,22 @@ class TensorAugmentation:
             padded = torch.nn.functional.pad(image, (p, p, p, p))
             i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
             image = padded[:, i : i + side, j : j + side]
+        if not self.flip:
+            return image
         return image.flip(-1) if torch.rand(1) < 0.5 else image
 
 
-def tensor_augmentation(dataset: str, size: int) -> TensorAugmentation:
-    """:func:`image_transforms`' training augmentation for decoded tensors."""
-    if dataset == "bffhq":
-        return TensorAugmentation(padding=max(1, round(4 * size / REAL_IMAGE_SIZE)))
-    return TensorAugmentation()
-
-
-def image_transforms(dataset: str, size: int, train: bool):
-    """The baselines' preprocessing for ``dataset`` at ``size`` x ``size`` pixels.
-
-    * ``celeba`` (LfF, JTT): centre crop 178 x 178 of the 178 x 218 aligned face, resize to
-      ``size``; training adds a horizontal flip.
-    * ``bffhq`` (DFA): resize to ``size`` x ``size``; training adds a random crop with 4-pixel
-      padding (at 224, scaled with ``size``) and a horizontal flip.
-
-    Both end with ``ToTensor`` and the ImageNet normalisation.
-    """
-    T = compat.import_torchvision().transforms
-    if dataset == "celeba":
-        steps = [T.CenterCrop(178), T.Resize(size)]
-        if train:
-            steps.append(T.RandomHorizontalFlip())
-    elif dataset == "bffhq":
-        steps = [T.Resize((size, size))]
-        if train:
-            padding = max(1, round(4 * size / REAL_IMAGE_SIZE))
-            steps += [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()]
-    else:
-        raise ValueError(f"no image transforms for dataset {dataset!r}")
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 def decode_files(
-    files: Sequence[str], dataset: str, size: int, root: Path | None = None, desc: str = "decoding"
+    files: Sequence[str],
+    pipeline: ImagePipeline,
+    size: int,
+    root: Path | None = None,
+    desc: str = "decoding",
 ) -> Tensor:
     """``(N, 3, S, S)`` uint8: every file decoded (a damaged one stops here, named) and resized
-    as :func:`resize_steps` does; cached under the data root, keyed by the files (names, sizes,
-    modification times), the dataset's steps and the size."""
-    digest = hashlib.sha256(f"{dataset}|{size}".encode())
+    by ``pipeline.resize(size)``; cached under the data root, keyed by the files (names, sizes,
+    modification times), the pipeline's name and the size."""
+    digest = hashlib.sha256(f"{pipeline.name}|{size}".encode())
     for name in files:
         stat = os.stat(name)
         digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -182,9 +184,9 @@ def decode_files(
                 return pixels
         except CorruptFileError:
             pass  # decoded again below
-    steps = resize_steps(dataset, size)
+    steps = pipeline.resize(size)
     pixels = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    show = progress_enabled()
     for i, name in enumerate(tqdm(files, desc=desc, unit="image", disable=not show, leave=False)):
         image = np.asarray(steps(read_image(name)), dtype=np.uint8)
         pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
@@ -199,7 +201,7 @@ def verify_files(files: Sequence[str], full: bool = False, desc: str = "checking
     Raises:
         CorruptImageError: the first damaged file.
     """
-    show = os.environ.get("PGD_PROGRESS", "1") != "0"
+    show = progress_enabled()
     for name in tqdm(files, desc=desc, unit="image", disable=not show, leave=False):
         if full:
             read_image(name)
@@ -228,7 +230,7 @@ VERIFY_OPTION = Param(
 
 def image_splits(
     parts: Mapping[str, tuple[list[str], Tensor, Tensor]],
-    dataset: str,
+    pipeline: ImagePipeline,
     size: int,
     *,
     num_classes: int = 2,
@@ -238,7 +240,7 @@ def image_splits(
     keep_in_memory: bool | None = None,
 ) -> dict[str, ImageFileDataset]:
     """One :class:`ImageFileDataset` per split from ``(files, labels, bias labels)``, with the
-    baselines' transforms for ``dataset`` at ``size``. When every split fits in
+    transforms of ``pipeline`` at ``size``. When every split fits in
     :data:`IMAGE_CACHE_BYTES` (or ``keep_in_memory`` is True), the images are decoded once
     (every file in full: the check) and kept; else (or when it is False) each file is checked
     (``verify``) before any training and decoded per item."""
@@ -249,12 +251,12 @@ def image_splits(
     if not keep and verify != "off":
         every = [name for files, _, _ in parts.values() for name in files]
         verify_files(every, full=verify == "full")
-    train_tf = image_transforms(dataset, size, train=True)
-    eval_tf = image_transforms(dataset, size, train=False)
+    train_tf = pipeline.transforms(size, train=True)
+    eval_tf = pipeline.transforms(size, train=False)
     out = {}
     for split, (files, labels, bias) in parts.items():
         pixels = (
-            decode_files(files, dataset, size, root, desc=f"decoding {split}") if keep else None
+            decode_files(files, pipeline, size, root, desc=f"decoding {split}") if keep else None
         )
         out[split] = ImageFileDataset(
             files,
@@ -266,7 +268,7 @@ def image_splits(
             num_classes=num_classes,
             loader_workers=workers,
             pixels=pixels,
-            augment=tensor_augmentation(dataset, size) if split == "train" else None,
+            augment=pipeline.tensor_augmentation(size) if split == "train" else None,
         )
     return out
 
@@ -383,7 +385,7 @@ class ImageFileDataset(Dataset):
 
 
 @dataclass
-class ImageSplits:
+class ImageSplits(SplitsDefaults):
     """Train, validation and test splits of a real-world dataset, with how they were made.
 
     Attributes:

@@ -15,6 +15,23 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add ``spec`` to the registry (a plugin's import calls it; see :mod:`pgd.core.plugins`):
+    ``--dataset NAME``, its settings on the command line and in ``ExperimentConfig``, ``list``.
+    Registering the same spec again changes nothing.
+
+    Raises:
+        ValueError: another dataset has this name.
+    """
+    key = spec.name.strip().lower()
+    if key != spec.name:
+        raise ValueError(f"dataset name {spec.name!r}: write it in lower case without spaces")
+    if key in DATASETS and DATASETS[key] is not spec:
+        raise ValueError(f"a dataset named {key!r} is already registered; choose another name")
+    DATASETS[key] = spec
+    return spec
+
+
 def get_dataset(name: str) -> DatasetSpec:
     """The registered dataset ``name``.
 

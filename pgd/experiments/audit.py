@@ -91,7 +91,7 @@ def check_report_folder(out: str | os.PathLike) -> Path:
 
 
 def class_names(data: Splits) -> list[str]:
-    names = getattr(data, "class_names", None)
+    names = data.class_names
     return list(names) if names else [str(c) for c in range(data.train.num_classes)]
 
 
@@ -106,17 +106,17 @@ def sample_paths(dataset: Any) -> list[str]:
 
 
 def bias_known(data: Splits) -> bool:
-    return bool(getattr(data, "has_bias", True))
+    return bool(data.has_bias)
 
 
 def _bias_names(data: Splits) -> list[str] | None:
     """The bias value of every training sample, as text (None where no bias is known)."""
     if not bias_known(data):
         return None
-    values = getattr(data, "bias_values", None)
+    values = data.bias_values
     if values:
         return list(values["train"])
-    names = getattr(data, "bias_names", None)
+    names = data.bias_names
     codes = data.train.bias_labels.tolist()
     return [names[c] if names else str(c) for c in codes]
 
@@ -376,7 +376,7 @@ def audit(
         with_groups = sampling_diagnostics(probs, labels=labels, bias_labels=data.train.bias_labels)
         group_mass = pd.DataFrame(with_groups["group_mass"])
         group_mass["label"] = [names[c] for c in group_mass["label"]]
-        if getattr(data, "aligned_class", None):
+        if data.aligned_class:
             group_mass = group_mass.rename(columns={"bias": "bias goes with"})
             group_mass["bias goes with"] = [
                 names[c] if c >= 0 else "(unseen in training)" for c in group_mass["bias goes with"]

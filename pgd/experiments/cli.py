@@ -12,19 +12,20 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+from ..core.errors import PgdError
 from ..core.params import add_param_options
+from ..core.plugins import PLUGINS_ENV, load_plugin, plugins_from_environment, split_plugin_options
 from ..core.profiles import PROFILES
-from ..core.runtime import DEVICES, loud_warning
-from ..core.storage import CorruptFileError
-from ..datasets.base import DataUnavailableError, check_ratio
-from ..datasets.cmnist import DIGIT_SOURCES
-from ..datasets.registry import DATASETS
+from ..core.runtime import DEVICES, PROGRESS_ENV, loud_warning
+from ..datasets.base import check_ratio
+from ..datasets.registry import DATASETS, get_dataset
 from ..methods.registry import METHODS
 from ..models import MODELS
-from ..training.loop import PROGRESS_ENV, SELECTIONS
+from ..training.loop import SELECTIONS
 from .audit import audit
-from .compare import GRID_METHODS, SELECTION_METRIC, run_grid, summary_table, wall_time_table
+from .compare import SELECTION_METRIC, grid_entries, run_grid, summary_table, wall_time_table
 from .config import COMMON_FIELDS, ExperimentConfig
 from .pipeline import run
 
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pgd",
         description="PGD, Per-sample Gradient-based Debiasing (Ahn, Kim & Yun, ICLR 2023).",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="PATH_OR_MODULE",
+        help="import a .py file or module that registers datasets or methods, before the "
+        f"sub-command (repeatable; also ${PLUGINS_ENV}, separated by {os.pathsep!r})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser(
@@ -186,17 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--methods",
         default="all",
-        help=f"all, or a comma-separated subset of {', '.join(GRID_METHODS)}",
+        help=f"all, or a comma-separated subset of {', '.join(grid_entries()[0])}",
     )
     c.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     c.add_argument("--profile", choices=tuple(PROFILES), default=None)
     c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     c.add_argument("--model", choices=tuple(MODELS), default=None, help="default: the dataset's")
-    c.add_argument(
-        "--image-size", type=int, default=None, help="celeba/bffhq: input side in pixels"
+    add_param_options(
+        c.add_argument_group("dataset settings (each declared by its dataset)"),
+        {name: spec.options for name, spec in DATASETS.items()},
     )
-    c.add_argument("--digits", choices=DIGIT_SOURCES, default="auto")
-    c.add_argument("--stand-in", action="store_true", help="celeba/bffhq: synthetic stand-in")
     c.add_argument("--device", default="auto")
     c.add_argument("--data-root", default=None)
     c.add_argument(
@@ -230,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen dataset's own settings that were given on the command line."""
+    options = get_dataset(args.dataset).options
+    given = {o.name: getattr(args, o.name, None) for o in options}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     """The configuration from the options given (those left out keep their defaults)."""
     names = list(COMMON_FIELDS)
@@ -256,13 +270,7 @@ def _run(args: argparse.Namespace) -> int:
         + (f"ratio={config.ratio:g}, " if config.ratio is not None else "")
         + f"model={config.model}, profile={config.profile_spec.name}, "
         f"epochs={config.stage_epochs(result.data['train_samples'])}, seed={config.seed}"
-        + (
-            ""
-            if config.method != "pgd"
-            else ", score over the last layer"
-            if config.params["score_layers"] == "last"
-            else ", score over all layers"
-        )
+        + "".join(f", {name}={value}" for name, value in config.params.items())
     )
     print(f"data: {result.data['description']}")
     print(f"device: {summary['device']}; wall time {summary['seconds']:.1f} s")
@@ -317,18 +325,16 @@ def _compare(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         profile=args.profile,
         out=args.out,
-        digits=args.digits,
-        stand_in=args.stand_in,
         device=args.device,
         epochs=args.epochs,
         data_root=args.data_root,
         progress=not args.no_progress,
         tune=not args.no_tuning,
         model=args.model,
-        image_size=args.image_size,
         schedules=args.schedules,
         protocols=args.protocols,
         selections=args.selection,
+        **_dataset_options(args),
     )
     results = grid.results
     first = results.iloc[0]
@@ -423,22 +429,25 @@ COMMANDS = {"run": _run, "compare": _compare, "audit": _audit, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m pgd``; returns the exit status."""
+    """Entry point of ``python -m pgd``; returns the exit status. Plugins (``--plugin`` before
+    the sub-command, ``$PGD_PLUGINS``) are imported first, so that what they register has its
+    options and choices."""
+    try:
+        plugins, argv = split_plugin_options(sys.argv[1:] if argv is None else list(argv))
+        for plugin in [*plugins_from_environment(), *plugins]:
+            load_plugin(plugin)
+    except PgdError as error:
+        print(f"python -m pgd: error: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     before = os.environ.get(PROGRESS_ENV)
     if getattr(args, "no_progress", False):
         os.environ[PROGRESS_ENV] = "0"  # also the bars of data preparation
     try:
         return COMMANDS[args.command](args)
-    except (
-        ValueError,
-        DataUnavailableError,
-        PermissionError,
-        FileExistsError,
-        FloatingPointError,
-        CorruptFileError,
-        RuntimeError,
-    ) as error:
+    except (ValueError, PgdError, PermissionError, FileExistsError, FloatingPointError) as error:
+        # the package's own input errors (their messages say the fix); torch's own errors and
+        # bugs keep their traceback
         print(f"python -m pgd: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

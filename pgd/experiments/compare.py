@@ -13,7 +13,7 @@ read back, not recomputed; an unfinished cell resumes from its last epoch checkp
 *Schedules* are the profiles' numbers of epochs per training stage (``quick``: at most 20, fewer
 on more data, 20 on the offline MNIST subset; ``full``: 100). *Protocols*: ``shared`` trains
 every method with the dataset's network and its schedule; ``own`` trains each method as its paper
-does on that dataset (:data:`OWN_PROTOCOLS`), where it has such a protocol.
+does on that dataset (its spec's ``protocols``), where it has such a protocol.
 
 Hyper-parameters that a method has and PGD does not (JTT's lambda, GroupDRO's step size) are
 chosen per dataset, ratio, schedule and protocol on the validation split only, at the grid's
@@ -38,54 +38,43 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core.profiles import PROFILES, get_profile
-from ..core.runtime import code_fingerprint, display_path
-from ..core.runtime import data_root as resolve_data_root
+from ..core.runtime import code_fingerprint, display_path, progress_enabled
 from ..core.storage import atomic_write_text
 from ..datasets.base import check_ratio
-from ..datasets.cmnist import load_digits
 from ..datasets.registry import get_dataset
 from ..methods.registry import METHODS
 from ..training.loop import SELECTIONS
 from .config import ExperimentConfig
-from .pipeline import parse_selections, run
-
-#: Grid entries beyond one per registered method: PGD with its two scores.
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "pgd": {
-        "pgd": {"score_layers": "last", "label": "PGD (last layer)"},
-        "pgd_all": {"score_layers": "all", "label": "PGD (all layers)"},
-    },
-}
+from .pipeline import load_data, parse_selections, run
 
 
-def _grid_entries() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Every registered method in the grid's order (methods that read no bias labels, PGD, the
-    oracles), each PGD variant its own entry: ``(name -> config fields, name -> label)``."""
+def grid_entries() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every registered method in the grid's order (methods that read no bias labels, those with
+    several entries (PGD), the oracles), each of its :class:`~pgd.methods.base.GridEntry` its
+    own entry: ``(name -> config fields, name -> label)``. Read from the registry each time, so a
+    method registered by a plugin appears."""
     specs = list(METHODS.values())
-    ordered = [m for m in specs if not m.oracle and m.name not in VARIANTS]
-    ordered += [m for m in specs if not m.oracle and m.name in VARIANTS]
+    ordered = [m for m in specs if not m.oracle and not m.grid_entries]
+    ordered += [m for m in specs if not m.oracle and m.grid_entries]
     ordered += [m for m in specs if m.oracle]
     fields: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     for spec in ordered:
-        for name, variant in VARIANTS.get(spec.name, {spec.name: {"label": spec.label}}).items():
-            settings = {k: v for k, v in variant.items() if k != "label"}
-            fields[name] = {"method": spec.name, **settings}
-            labels[name] = variant["label"]
+        for entry in spec.entries():
+            fields[entry.name] = {"method": spec.name, **entry.settings}
+            labels[entry.name] = entry.label
     return fields, labels
 
 
-#: Method names of the grid (-> their configuration fields) and how tables and figures call
-#: them (oracles say so).
-GRID_METHODS, LABELS = _grid_entries()
+def __getattr__(name: str) -> Any:
+    """``GRID_METHODS`` (grid entry -> configuration fields) and ``LABELS`` (grid entry -> how
+    tables and figures call it; oracles say so), as the registry stands now."""
+    if name == "GRID_METHODS":
+        return grid_entries()[0]
+    if name == "LABELS":
+        return grid_entries()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-#: Candidates tried on the validation split (ExperimentConfig field -> values). JTT's
-#: identification epochs T = 1 follow its CelebA setting; lambda and eta are searched.
-TUNING: dict[str, dict[str, tuple[float, ...]]] = {
-    "jtt": {"jtt_upweight": (10.0, 50.0, 100.0)},
-    "groupdro": {"dro_step": (0.01, 0.1)},
-}
-JTT_EPOCHS = 1
 
 #: Method diagnostics copied into the results table (JTT's error set; empty for the others).
 EXTRA_COLUMNS = ("error_set_size", "error_set_conflicting_share", "conflicting_in_error_set")
@@ -98,15 +87,16 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     """``all`` or a comma-separated list of :data:`GRID_METHODS` names, in the grid's order."""
     names = text.split(",") if isinstance(text, str) else list(text)
     names = [n.strip().lower() for n in names if n.strip()]
+    entries = grid_entries()[0]
     if names == ["all"]:
-        return list(GRID_METHODS)
-    unknown = [n for n in names if n not in GRID_METHODS]
+        return list(entries)
+    unknown = [n for n in names if n not in entries]
     if unknown or not names:
         raise ValueError(
             f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(GRID_METHODS)} or all"
+            f"{', '.join(entries)} or all"
         )
-    return [n for n in GRID_METHODS if n in names]
+    return [n for n in entries if n in names]
 
 
 def parse_ratios(text: str | Iterable[float] | None) -> list[float | None]:
@@ -120,40 +110,6 @@ def parse_ratios(text: str | Iterable[float] | None) -> list[float | None]:
         raise ValueError(f"bad --ratios {text!r}: {error}") from None
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """How a method's paper trains it on a dataset, where that differs from the grid's shared
-    protocol (the dataset's default network and its schedule: PGD's official one on Colored
-    MNIST, DFA's ResNet-18 setting on CelebA and BFFHQ).
-
-    Attributes:
-        fields: configuration fields that change (``{"model": "mlp"}``: LfF's MLP, which is
-            trained with Adam, lr 1e-3, batch 256 by :mod:`pgd.training.schedules`).
-        source: where the protocol comes from.
-    """
-
-    fields: dict[str, Any]
-    source: str
-
-
-_LFF_MLP = (
-    "LfF (Nam et al., 2020) on Colored MNIST: an MLP with three hidden layers of 100, Adam, "
-    "lr 1e-3, batch 256"
-)
-
-#: Each method's own protocol per dataset, for the ``own`` protocol of the grid. Vanilla runs
-#: under the protocol of the paper it is compared in (LfF's; under PGD's it is the shared run).
-#: A method missing here has no published protocol for the dataset and runs under the shared
-#: one only: JTT and GroupDRO report no Colored MNIST experiment, group upsampling is a
-#: textbook oracle, and the face datasets' shared protocol is already the baselines' (DFA's).
-OWN_PROTOCOLS: dict[str, dict[str, Protocol]] = {
-    "cmnist": {
-        "vanilla": Protocol({"model": "mlp"}, "the vanilla baseline of " + _LFF_MLP),
-        "lff": Protocol({"model": "mlp"}, _LFF_MLP),
-        "pgd": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
-        "pgd_all": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
-    },
-}
 PROTOCOLS = ("shared", "own")
 
 
@@ -188,14 +144,14 @@ def parse_choices(text: str | Sequence[str], allowed: Sequence[str], what: str) 
 def _config(
     method: str, dataset: str, ratio: float | None, seed: int, base: dict[str, Any]
 ) -> ExperimentConfig:
-    fields = {**base, **GRID_METHODS[method], "dataset": dataset, "ratio": ratio, "seed": seed}
-    if method == "jtt":
-        fields["jtt_epochs"] = JTT_EPOCHS
-    return ExperimentConfig(**fields)
+    entry = grid_entries()[0][method]
+    spec = METHODS[entry["method"]]
+    fields = {**base, **spec.grid_settings, **entry, "dataset": dataset, "ratio": ratio}
+    return ExperimentConfig(**fields, seed=seed)
 
 
 def _candidates(config: ExperimentConfig, method: str) -> list[ExperimentConfig]:
-    grid = TUNING.get(method, {})
+    grid = config.method_spec.tuning
     out = [config]
     for name, values in grid.items():
         out = [replace(c, **{name: v}) for c in out for v in values]
@@ -211,7 +167,7 @@ def _rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]:
         "source": result.data["source"],
         "ratio": config.ratio,
         "method": cell.method,
-        "label": LABELS[cell.method],
+        "label": grid_entries()[1][cell.method],
         "oracle": config.is_oracle,
         "seed": config.seed,
         "hparams": ", ".join(f"{k}={v:g}" for k, v in hparams.items()),
@@ -319,9 +275,10 @@ def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any)
         lambda r: f"{r['mean']:.2f} ± {r['std']:.2f}" if r["count"] > 1 else f"{r['mean']:.2f}",
         axis=1,
     ).unstack(["dataset", "ratio"])
-    order = [m for m in GRID_METHODS if m in text.index]
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in text.index]
     text = text.loc[order]
-    text.index = [LABELS[m] for m in order]
+    text.index = [labels[m] for m in order]
     text.index.name = "method"
     return text
 
@@ -350,9 +307,10 @@ def setting_table(
         lambda r: f"{r['mean']:.1f} ± {r['std']:.1f}" if r["count"] > 1 else f"{r['mean']:.1f}",
         axis=1,
     ).unstack("setting")
-    order = [m for m in GRID_METHODS if m in text.index]
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in text.index]
     text = text.loc[order, list(dict.fromkeys(frame["setting"]))]
-    text.index = [LABELS[m] for m in order]
+    text.index = [labels[m] for m in order]
     text.index.name = "method"
     return text.fillna("")
 
@@ -382,11 +340,12 @@ def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     frame = select(results, **where).drop_duplicates("run")
     seconds = frame.groupby(["method", "ratio"], sort=False)["seconds"].mean().unstack()
     seconds.columns = [f"{100 * r:g}%" if pd.notna(r) else "-" for r in seconds.columns]
-    order = [m for m in GRID_METHODS if m in seconds.index]
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in seconds.index]
     seconds = seconds.loc[order]
     if "vanilla" in seconds.index:
         seconds["x vanilla"] = seconds.mean(axis=1) / seconds.loc["vanilla"].mean()
-    seconds.index = [LABELS[m] for m in order]
+    seconds.index = [labels[m] for m in order]
     seconds.index.name = "method"
     return seconds.round(2)
 
@@ -403,6 +362,28 @@ def _read_cell(path: Path) -> list[dict[str, Any]] | None:
     return rows if isinstance(rows, list) and rows else None
 
 
+def _dataset_options(
+    dataset: str, options: dict[str, Any], data_root: str | os.PathLike | None
+) -> dict[str, Any]:
+    """``options`` (those given, not None), checked against the dataset's spec, with every
+    option left at ``"auto"`` resolved to what the data turned out to be (Colored MNIST's digit
+    source), by loading the data once at the smoke profile's size."""
+    spec = get_dataset(dataset)
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - {o.name for o in spec.options})
+    if unknown:
+        settings = ", ".join(o.name for o in spec.options) or "none"
+        raise ValueError(
+            f"{', '.join(unknown)}: not a setting of dataset {dataset} (its settings: {settings})"
+        )
+    config = ExperimentConfig(dataset=dataset, profile="smoke", **given)
+    auto = [o.name for o in spec.options if o.choices and config.options[o.name] == "auto"]
+    if auto:
+        source = load_data(config, root=data_root).source
+        given.update({name: source for name in auto})
+    return given
+
+
 def run_grid(
     *,
     dataset: str = "cmnist",
@@ -411,18 +392,16 @@ def run_grid(
     seeds: int | Sequence[int] = 3,
     profile: str | None = None,
     out: str | os.PathLike = "results",
-    digits: str = "auto",
-    stand_in: bool = False,
     device: str = "auto",
     epochs: int | None = None,
     data_root: str | os.PathLike | None = None,
     progress: bool | None = None,
     tune: bool = True,
     model: str | None = None,
-    image_size: int | None = None,
     schedules: Sequence[str] | str | None = None,
     protocols: Sequence[str] | str = "shared",
     selections: Sequence[str] | str = "valid_loss",
+    **options: Any,
 ) -> GridResult:
     """Run (or resume) the grid and write ``results.csv`` and ``tuning.csv`` into ``out``.
 
@@ -430,7 +409,7 @@ def run_grid(
         dataset: ``cmnist``, ``celeba`` or ``bffhq``.
         ratios: bias-conflicting ratios (a list or comma-separated text; None: the dataset's
             default; CelebA has none).
-        methods: ``all`` or names from :data:`GRID_METHODS`.
+        methods: ``all`` or names of :func:`grid_entries`.
         seeds: a number of seeds (0, 1, ...) or the seeds themselves; each seed also colours
             Colored MNIST afresh, so the spread covers data and training.
         profile: ``smoke``, ``quick`` or ``full`` (default ``$PGD_PROFILE``, else quick): the
@@ -438,21 +417,23 @@ def run_grid(
         out: results folder; holds every cell's record (``cells/``). The runs' checkpoints go
             where :func:`pgd.experiments.pipeline.run` puts them (``$PGD_RUNS/<run name>``), so
             a chapter that runs the same configuration reads them back.
-        digits, stand_in, device, epochs: as in :class:`pgd.experiments.config.ExperimentConfig`.
+        device, epochs: as in :class:`pgd.experiments.config.ExperimentConfig`.
         progress: one progress bar over the cells (None: unless ``$PGD_PROGRESS`` is 0).
-        tune: search the hyper-parameters of :data:`TUNING` on the validation split (False:
+        tune: search each method's ``tuning`` candidates on the validation split (False:
             each method's defaults).
-        model, image_size: the network and, for image datasets, the input size of every cell
-            of the shared protocol (None: the dataset's defaults).
+        model: the network of every cell of the shared protocol (None: the dataset's default).
         schedules: profiles whose schedule (epochs per stage) to run, e.g. ``quick,full``
             (default: ``profile``).
         protocols: ``shared`` (every method with the dataset's network and schedule) and/or
-            ``own`` (each method's published protocol, :data:`OWN_PROTOCOLS`; methods without
+            ``own`` (each method's published protocol, its spec's ``protocols``; methods without
             one are left out of it).
         selections: model-selection rules to report (``all`` or names from
             :data:`pgd.training.loop.SELECTIONS`; default: the stages' own rule, validation
             loss): each run is evaluated with the weights every rule chose on the validation
             split, one row per rule, without retraining.
+        options: the dataset's own settings (its spec's ``options``, e.g. Colored MNIST's
+            ``digits``, the face datasets' ``stand_in`` and ``image_size``); an option left at
+            ``"auto"`` is resolved once, so that every cell's name says what it was trained on.
 
     Returns:
         A :class:`GridResult`.
@@ -478,14 +459,7 @@ def run_grid(
     folder = Path(out)
     cells_dir = folder / "cells"
     common: dict[str, Any] = {"device": device, "epochs": epochs}
-    if dataset == "cmnist":
-        # Resolve "auto" once, so that a cell's name says which digits it was trained on.
-        common["digits"] = load_digits(digits, resolve_data_root(data_root)).source
-    elif spec.stand_in:
-        common["stand_in"] = stand_in
-    if image_size is not None:
-        common["image_size"] = image_size
-    own = OWN_PROTOCOLS.get(dataset, {})
+    common.update(_dataset_options(dataset, options, data_root))
 
     # Every cell of the grid; tuned methods get their candidates at the first seed.
     plan: list[tuple[str, list[Cell]]] = []  # (method, candidates)
@@ -497,8 +471,9 @@ def run_grid(
                     if protocol == "shared":
                         if model is not None:
                             base["model"] = model
-                    elif method in own:
-                        base.update(own[method].fields)
+                    elif dataset in METHODS[grid_entries()[0][method]["method"]].protocols:
+                        spec = METHODS[grid_entries()[0][method]["method"]]
+                        base.update(spec.protocols[dataset].fields)
                     else:
                         continue  # no published protocol of its own for this dataset
                     first = _config(method, dataset, ratio, seed_list[0], base)
@@ -506,7 +481,7 @@ def run_grid(
                     cells = [Cell(method, c, protocol, tuning=True) for c in options]
                     plan.append((method, cells))
     total = sum(len(c) + len(seed_list) - 1 for _, c in plan)
-    show = progress if progress is not None else os.environ.get("PGD_PROGRESS", "1") != "0"
+    show = progress_enabled(progress)
     bar = tqdm(total=total, desc=f"grid {dataset}", unit="run", disable=not show)
     records: dict[str, list[dict[str, Any]]] = {}
     computed = 0

@@ -221,7 +221,8 @@ class ExperimentConfig:
     def profile_spec(self) -> Profile:
         """The profile, with its epochs for this dataset, or ``epochs`` if given."""
         profile = get_profile(self.profile)
-        return replace(profile, epochs=self.epochs or profile.epochs_for(self.dataset))
+        own = self.dataset_spec.profile_epochs.get(profile.name)
+        return replace(profile, epochs=self.epochs or profile.epochs_for(own=own))
 
     def stage_epochs(self, train_size: int | None = None) -> int:
         """Epochs per training stage: ``epochs`` if given, else the profile's for this dataset
@@ -229,7 +230,8 @@ class ExperimentConfig:
         more data; ``None``: the most the profile trains)."""
         if self.epochs is not None:
             return self.epochs
-        return get_profile(self.profile).epochs_for(self.dataset, train_size)
+        profile = get_profile(self.profile)
+        return profile.epochs_for(train_size, self.dataset_spec.profile_epochs.get(profile.name))
 
     @property
     def is_oracle(self) -> bool:
@@ -268,6 +270,22 @@ class ExperimentConfig:
             out.update({p.name: p.default for p in spec.params})
         out.update(self.options)
         out.update(self.params)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What this run is, and nothing else: the common fields (the profile by its name and
+        the data it keeps, since the epochs it trains are part of each stage's own settings), this
+        dataset's options and this method's settings, each at its value or default. Registering
+        another dataset or method, or changing another profile, leaves it unchanged."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in COMMON_FIELDS}
+        profile = get_profile(self.profile)
+        out["profile"] = {
+            "name": profile.name,
+            "max_train": profile.max_train,
+            "max_eval": profile.max_eval,
+        }
+        out.update({o.name: self.options.get(o.name, o.default) for o in self.dataset_spec.options})
+        out.update({p.name: self.params.get(p.name, p.default) for p in self.method_spec.params})
         return out
 
 

@@ -3,8 +3,8 @@
 returns, and report (:class:`ExperimentResult`: metrics, per-group accuracies, histories, the
 sampling mass on bias-conflicting samples, provenance).
 
-Every stage writes a checkpoint after every epoch, identified by the configuration, the data and
-the code version (:func:`stage_fingerprints`), so a killed run resumes where it stopped.
+Every stage writes a checkpoint after every epoch, identified by what the run is and the results
+version (:func:`stage_identity`), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from torch import Tensor, nn
 from ..core.profiles import get_profile
 from ..core.runtime import (
     ConcentratedSamplingWarning,
-    code_fingerprint,
-    equivalent_code_versions,
     provenance,
     resolve_device,
     runs_root,
@@ -99,30 +97,30 @@ def profile_summary(config: ExperimentConfig, data: Splits) -> str:
     )
 
 
+#: The version of what runs compute. Bump it in a change that alters any run's numbers, weights
+#: or selected epoch (a new loss, a fixed bug in sampling, another default): checkpoints written
+#: before then belong to another version and are trained again. A change that alters no result (a
+#: refactoring, a message, a new dataset or method) leaves it, and every checkpoint stays valid.
+RESULTS_VERSION = 1
+
 #: Settings that decide what is checked before training, never what is trained: left out of a
 #: checkpoint's identity, so that checking the files more or less thoroughly resumes the same run.
 CHECK_ONLY_FIELDS = ("verify",)
 
 
-def _fingerprint(
-    config: ExperimentConfig,
-    data: Splits,
-    stage: str,
-    code: str,
-    *,
-    with_checks: bool = False,
-    as_asked: bool = False,
-) -> str:
-    record = config.record()
-    if not with_checks:
-        record = {k: v for k, v in record.items() if k not in CHECK_ONLY_FIELDS}
-    if not as_asked:
-        record.update(_resolved_options(config, data))
+def stage_identity(config: ExperimentConfig, data: Splits, stage: str) -> str:
+    """The identity of a stage's checkpoint: what the run is (:meth:`ExperimentConfig.identity`,
+    less :data:`CHECK_ONLY_FIELDS`, with ``auto`` options as what they resolved to), the stage,
+    the data (source, a checksum of the training bias labels, its size) and
+    :data:`RESULTS_VERSION`. The code's own version is not part of it: a checkpoint stays valid
+    until a change bumps the results version."""
+    record = {k: v for k, v in config.identity().items() if k not in CHECK_ONLY_FIELDS}
+    record.update(_resolved_options(config, data))
     ident = {
         "config": record,
         "stage": stage,
         "data": [data.source, tensor_checksum({"b": data.train.bias_labels})[:16], len(data.train)],
-        "code": code,
+        "results": RESULTS_VERSION,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,24 +135,6 @@ def _resolved_options(config: ExperimentConfig, data: Splits) -> dict[str, Any]:
         for option in config.dataset_spec.options
         if config.options.get(option.name) == "auto" and data.source in (option.choices or ())
     }
-
-
-def stage_fingerprints(config: ExperimentConfig, data: Splits, stage: str) -> list[str]:
-    """Identities of a stage's checkpoint: configuration (less :data:`CHECK_ONLY_FIELDS`, with
-    ``auto`` options as what they resolved to), stage, data and this code version, then the same
-    under every earlier code version proven to give identical results
-    (:func:`pgd.core.runtime.equivalent_code_versions`), then the identities earlier versions
-    wrote: with the check settings in, and with ``auto`` options as asked."""
-    versions = [code_fingerprint(), *sorted(equivalent_code_versions())]
-    identities = [_fingerprint(config, data, stage, version) for version in versions]
-    earlier = versions[1:]
-    identities += [_fingerprint(config, data, stage, v, with_checks=True) for v in earlier]
-    if _resolved_options(config, data):
-        identities += [_fingerprint(config, data, stage, v, as_asked=True) for v in earlier]
-        identities += [
-            _fingerprint(config, data, stage, v, with_checks=True, as_asked=True) for v in earlier
-        ]
-    return identities
 
 
 def trainer(
@@ -182,7 +162,7 @@ def trainer(
         folder=Path(folder) if folder is not None else None,
         resume=resume,
         progress=progress,
-        fingerprints=lambda stage: stage_fingerprints(config, data, stage),
+        identity=lambda stage: stage_identity(config, data, stage),
         score_batch_size=config.dataset_spec.score_batch_size,
     )
 
@@ -329,7 +309,7 @@ def run(
     device = resolve_device(config.device)
     if data is None:
         data = load_data(config, data_root, workers=workers, download=download)
-    if config.is_oracle and not getattr(data, "has_bias", True):
+    if config.is_oracle and not data.has_bias:
         raise ValueError(
             f"{config.method} is an oracle: it trains with the bias labels of the training set, "
             f"and {data.description} has none. Add DIR/bias.csv (path,bias) to run it, or choose "
@@ -345,13 +325,12 @@ def run(
     else:
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     setup = trainer(config, data, folder=folder, resume=resume, progress=progress)
-    setup.require_tracked = bool(rules)
     trained = config.method_spec.run(setup)
     mass, sampling = None, None
     if trained.sampling_weights is not None:
         probabilities = sampling_probabilities(trained.sampling_weights)
         mass = probability_mass(probabilities, data.train.is_conflicting)
-        known = getattr(data, "has_bias", True)  # bias labels: evaluation only, never training
+        known = data.has_bias  # bias labels: evaluation only, never training
         sampling = sampling_diagnostics(
             probabilities,
             labels=data.train.labels if known else None,
@@ -373,7 +352,7 @@ def run(
         "dataset": config.dataset,
         "source": data.source,
         "description": data.description,
-        "full_dataset": bool(getattr(data, "is_full", False)),
+        "full_dataset": bool(data.is_full),
         "stand_in": data.source == "stand-in",
         "ratio": data.ratio,
         "seed": data.seed,
@@ -383,12 +362,12 @@ def run(
         "train_conflicting": train_conflicting,
         "train_conflicting_share": train_conflicting / len(data.train),
     }
-    if getattr(data, "class_names", None) is not None:
+    if data.class_names is not None:
         data_info["class_names"] = list(data.class_names)
         data_info["bias_names"] = list(
-            getattr(data, "bias_names", None) or [f"goes with {c}" for c in data.class_names]
+            data.bias_names or [f"goes with {c}" for c in data.class_names]
         )
-        data_info["bias_known"] = bool(getattr(data, "has_bias", True))
+        data_info["bias_known"] = bool(data.has_bias)
     if isinstance(data, ImageSplits):
         data_info.update(
             target=data.target,

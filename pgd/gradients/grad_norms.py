@@ -59,11 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
-from torch.func import functional_call, vjp, vmap
+from torch.func import functional_call, grad, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from . import torch_internals as internals
 
 ConvMode = Literal["auto", "gram", "materialise"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -108,8 +109,7 @@ def _has_hooks(module: nn.Module) -> bool:
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
+        or internals.global_forward_hooks_present()
     )
 
 
@@ -120,6 +120,8 @@ def closed_form(module: nn.Module) -> str | None:
     hooks (they may change inputs or outputs), an ``Embedding`` that scales by frequency."""
     kind = type(module)
     if _has_hooks(module):
+        return None
+    if isinstance(module, _CONVS) and not internals.convolution_backward_available():
         return None
     if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
         return "linear"
@@ -147,6 +149,8 @@ def closed_form(module: nn.Module) -> str | None:
 def _why_not_closed(module: nn.Module) -> str:
     if _has_hooks(module):
         return "it has forward hooks, which may change its inputs or outputs"
+    if isinstance(module, _CONVS) and not internals.convolution_backward_available():
+        return "this torch lacks the convolution_backward operator"
     for base in (nn.Linear, *_CONVS, _BatchNorm, *_NORMS, nn.Embedding):
         if isinstance(module, base):
             if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
@@ -278,7 +282,7 @@ class _Trace(TorchFunctionMode):
             self.common[key] = [m for m in before if m in present]
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        with torch._C.DisableTorchFunction():  # this bookkeeping is not the model's
+        with internals.disable_torch_function():  # this bookkeeping is not the model's
             self._push(module, args, kwargs)
 
     def _push(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -289,14 +293,14 @@ class _Trace(TorchFunctionMode):
         call = _Call(
             args=args,
             kwargs=kwargs,
-            versions=[(t, t._version) for t in inputs],
+            versions=[(t, internals.version(t)) for t in inputs],
             root=not any(t.requires_grad for t in inputs),
             batch_first=first is not None and first.dim() > 0 and first.shape[0] == self.batch,
         )
         self.stack.append((module, call))
 
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        with torch._C.DisableTorchFunction():
+        with internals.disable_torch_function():
             self._pop(module, output)
 
     def _pop(self, module: nn.Module, output: object) -> None:
@@ -310,8 +314,8 @@ class _Trace(TorchFunctionMode):
                 call.outputs_ok &= out.dim() > 0 and out.shape[0] == self.batch
             elif out is not None:
                 call.outputs_ok = False
-        call.mutated_own_input = any(t._version != v for t, v in call.versions)
-        call.versions = [(t, t._version) for t, _ in call.versions]
+        call.mutated_own_input = any(internals.version(t) != v for t, v in call.versions)
+        call.versions = [(t, internals.version(t)) for t, _ in call.versions]
         self.calls.setdefault(id(module), []).append(call)
 
 
@@ -493,6 +497,80 @@ def grad_norms(
         raise ValueError(f"conv must be 'auto', 'gram' or 'materialise', got {conv!r}")
     _check_no_batch_mixing(model)
     selected = select_modules(model, modules)
+    why = internals.self_check(_checked_one_pass, _checked_reference)
+    if why is not None:
+        _warn_once(
+            f"pgd: {why}, so per-sample gradient norms are computed with torch.func instead "
+            "(exact, but slower and B x the parameters in memory)"
+        )
+        return torch_func_norms(model, inputs, labels, selected, loss_fn, per_module)
+    return _one_pass_norms(model, inputs, labels, selected, loss_fn, conv, per_module)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _checked_one_pass(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    selected = select_modules(model)
+    return _one_pass_norms(model, inputs, labels, selected, default_loss, "auto", False)
+
+
+def _checked_reference(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    return torch_func_norms(model, inputs, labels, select_modules(model), default_loss, False)
+
+
+def torch_func_norms(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    selected: list[tuple[str, nn.Module]],
+    loss_fn: LossFn = default_loss,
+    per_module: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """The same norms as :func:`grad_norms` from ``torch.func`` alone (``vmap`` of ``grad`` of
+    each sample's loss over the parameters of ``selected``, :func:`select_modules`' pairs): no
+    private torch internal, ``B x`` the parameters in memory. The per-module squared norms are
+    keyed by the name of the module that owns each parameter (a tied one counts once)."""
+    owner: dict[str, str] = {}
+    params: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, module in selected:
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            full = f"{name}.{pname}" if name else pname
+            params[full], owner[full] = param.detach(), name
+
+    def sample_loss(weights: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        out = functional_call(model, weights, (x.unsqueeze(0),))
+        return loss_fn(out, y.unsqueeze(0)).sum()
+
+    with torch.inference_mode(False), torch.enable_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs.detach()
+        y = labels.clone() if labels.is_inference() else labels
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+    squared: dict[str, Tensor] = {}
+    for full, g in grads.items():
+        part = _sq(g.detach())
+        squared[owner[full]] = squared[owner[full]] + part if owner[full] in squared else part
+    total = torch.stack(list(squared.values())).sum(0).sqrt()
+    return (total, squared) if per_module else total
+
+
+def _one_pass_norms(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    selected: list[tuple[str, nn.Module]],
+    loss_fn: LossFn,
+    conv: ConvMode,
+    per_module: bool,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """:func:`grad_norms`' one forward and one backward pass."""
     # Whatever the caller's autograd mode, this needs a graph: inference tensors are copied.
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs.clone() if inputs.is_inference() else inputs.detach()
@@ -614,7 +692,7 @@ def _arrival(unit: _Unit, call: _Call, index: int, batch: int, conv: ConvMode) -
 
 def _finish(unit: _Unit, batch: int, conv: ConvMode) -> None:
     for call in unit.calls:
-        if any(t._version != v for t, v in call.versions):
+        if any(internals.version(t) != v for t, v in call.versions):
             raise ValueError(
                 f"an input of module {unit.name!r} ({type(unit.module).__name__}) was modified "
                 "in place after the module read it (e.g. by a ReLU(inplace=True) or `x += ...` "
@@ -864,7 +942,7 @@ def _conv_weight_grads(module: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
     weight_shape = (batch * module.out_channels, *module.weight.shape[1:])
     dims = len(module.kernel_size)
     weight = g.new_empty(1).expand(weight_shape)
-    grad = torch.ops.aten.convolution_backward(
+    grad = internals.convolution_backward(
         folded_g,
         folded_x,
         weight,
@@ -994,7 +1072,7 @@ def _functional_sq_norms(unit: _Unit, calls: list[_Call], batch: int) -> Tensor:
     params = {name: p.detach() for name, p in unit.params.items()}
     total: dict[str, Tensor] | None = None
     for call in calls:
-        leaves, spec = tree_flatten((call.args, call.kwargs))
+        leaves, spec = internals.tree_flatten((call.args, call.kwargs))
         batched = [
             i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.dim() and len(t) == batch
         ]
@@ -1007,7 +1085,7 @@ def _functional_sq_norms(unit: _Unit, calls: list[_Call], batch: int) -> Tensor:
             filled = list(leaves)
             for i, row in zip(batched, rows, strict=True):
                 filled[i] = row
-            args, kwargs = tree_unflatten(filled, spec)
+            args, kwargs = internals.tree_unflatten(filled, spec)
             out = functional_call(module, weights, tuple(args), kwargs)
             return tuple(
                 t for t in (out if isinstance(out, tuple | list) else (out,)) if t is not None
@@ -1043,7 +1121,7 @@ def _functional_sq_norms(unit: _Unit, calls: list[_Call], batch: int) -> Tensor:
 def _device_of(call: _Call) -> torch.device:
     """The device of ``call``'s first tensor input."""
     return next(
-        t for t in tree_flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor)
+        t for t in internals.tree_flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor)
     ).device
 
 

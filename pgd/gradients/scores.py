@@ -19,7 +19,6 @@ from :mod:`pgd.gradients.grad_norms`: exact too, at the price of one backward pa
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 
 import torch
@@ -29,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..core.runtime import progress_enabled
 from ..datasets.base import batch_loader
 from ..models import last_linear
 from .grad_norms import grad_norms
@@ -170,7 +170,7 @@ def grad_norm_scores(
     model.eval()
     indices, norms = [], []
     try:
-        show = progress if progress is not None else os.environ.get("PGD_PROGRESS", "1") != "0"
+        show = progress_enabled(progress)
         for images, labels, _bias, index in tqdm(loader, desc=desc, unit="batch", disable=not show):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device)

@@ -10,7 +10,7 @@ and resume. A method never reads the experiment's configuration.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from ..training.schedules import stage_config
 from .sampling import importance_sampler
 
 
-def _no_fingerprints(stage: str) -> Sequence[str]:
-    return ("",)
+def _no_identity(stage: str) -> str:
+    return ""
 
 
 @dataclass
@@ -48,11 +48,9 @@ class Trainer:
         folder: where stage checkpoints ``<stage>.pt`` go (None: none are written).
         resume: continue stages from their checkpoints.
         progress: progress bars (see :func:`pgd.training.loop.train`).
-        fingerprints: ``stage -> [fingerprint, *equivalent ones]`` identifying each stage's
-            checkpoint (configuration, data, code; see :func:`pgd.training.loop.train`).
+        identity: ``stage -> identity`` of each stage's checkpoint (what the run is; see
+            :func:`pgd.experiments.pipeline.stage_identity`).
         score_batch_size: batch size of per-sample gradient passes over the training set.
-        require_tracked: stages need every selection rule's weights (see
-            :func:`pgd.training.loop.train`): a checkpoint without them is trained again.
     """
 
     data: Splits
@@ -65,9 +63,8 @@ class Trainer:
     folder: Path | None = None
     resume: bool = False
     progress: bool | None = None
-    fingerprints: Callable[[str], Sequence[str]] = _no_fingerprints
+    identity: Callable[[str], str] = _no_identity
     score_batch_size: int = 512
-    require_tracked: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +76,7 @@ class Trainer:
             self.model,
             num_classes=self.num_classes,
             pretrained=self.pretrained if pretrained is None else pretrained,
-            input_shape=getattr(self.data, "input_shape", None),
+            input_shape=self.data.input_shape,
         )
 
     def fresh_model(self) -> nn.Module:
@@ -105,7 +102,6 @@ class Trainer:
         """Train ``model`` as stage ``stage`` with its checkpoint ``<stage>.pt``; ``kind``
         (default: ``stage``) picks the schedule of :func:`pgd.training.schedules.stage_config`;
         ``epochs`` (default: the trainer's) the stage's length."""
-        current, *equivalent = self.fingerprints(stage)
         return train(
             model,
             self.data.train,
@@ -116,12 +112,10 @@ class Trainer:
             device=self.device,
             checkpoint=self.folder / f"{stage}.pt" if self.folder is not None else None,
             resume=self.resume,
-            fingerprint=current,
-            equivalent=equivalent,
+            fingerprint=self.identity(stage),
             desc=desc,
             progress=self.progress,
             objective=objective,
-            require_tracked=self.require_tracked,
         )
 
     def train_resampled(self, stage: str, weights: Tensor, *, desc: str) -> TrainResult:
@@ -159,6 +153,37 @@ class MethodOutcome:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How a method's paper trains it on one dataset, where that differs from the comparison
+    grid's shared protocol (the dataset's default network and schedule).
+
+    Attributes:
+        fields: configuration fields that change (``{"model": "mlp"}``: LfF's MLP, which
+            :mod:`pgd.training.schedules` trains with Adam, lr 1e-3, batch 256).
+        source: where the protocol comes from.
+    """
+
+    fields: Mapping[str, Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class GridEntry:
+    """One entry of the comparison grid for a method that runs there in several variants
+    (PGD with its last-layer and whole-network scores).
+
+    Attributes:
+        name: the entry's name (``--methods NAME``; a table row).
+        label: how tables and figures call it.
+        settings: the method's settings this entry fixes.
+    """
+
+    name: str
+    label: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A registered method.
 
@@ -174,6 +199,12 @@ class MethodSpec:
         check_params: validates the settings together, after each was checked alone.
         name_parts: its part of a run's name (default: ``<tag><value>`` for every tagged
             setting).
+        grid_entries: its entries in the comparison grid (default: one, named and labelled
+            as the method); methods with several run after the others that read no bias labels.
+        tuning: ``{setting: candidates}`` searched on the validation split in the grid.
+        grid_settings: settings fixed in the grid (JTT's identification epochs).
+        protocols: ``{dataset: Protocol}``, how its paper trains it on those datasets (the
+            grid's ``own`` protocol; a dataset missing here runs under the shared one only).
     """
 
     name: str
@@ -185,6 +216,14 @@ class MethodSpec:
     params: tuple[Param, ...] = ()
     check_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     name_parts: Callable[[Mapping[str, Any]], list[str]] | None = None
+    grid_entries: tuple[GridEntry, ...] = ()
+    tuning: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    grid_settings: Mapping[str, Any] = field(default_factory=dict)
+    protocols: Mapping[str, Protocol] = field(default_factory=dict)
+
+    def entries(self) -> tuple[GridEntry, ...]:
+        """Its grid entries (one named after it where it declares none)."""
+        return self.grid_entries or (GridEntry(self.name, self.label),)
 
     @property
     def oracle(self) -> bool:

@@ -100,4 +100,5 @@ SPEC = MethodSpec(
             tag="eta",
         ),
     ),
+    tuning={"dro_step": (0.01, 0.1)},  # searched on the validation split in the grid
 )

@@ -94,4 +94,7 @@ SPEC = MethodSpec(
             tag="lambda",
         ),
     ),
+    # The grid: T = 1 as in JTT's CelebA setting; lambda searched on the validation split.
+    tuning={"jtt_upweight": (10.0, 50.0, 100.0)},
+    grid_settings={"jtt_epochs": 1},
 )

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..core.params import Param
 from ..core.runtime import seed_everything
 from ..training.loop import GeneralizedCELoss, Objective
-from .base import MethodOutcome, MethodSpec, Trainer
+from .base import MethodOutcome, MethodSpec, Protocol, Trainer
 
 
 class LfFPair(nn.Module):
@@ -127,6 +127,12 @@ def _check_ema(ema: float) -> float:
     return ema
 
 
+#: LfF's own Colored MNIST protocol (the comparison grid's ``own`` protocol).
+LFF_MLP = (
+    "LfF (Nam et al., 2020) on Colored MNIST: an MLP with three hidden layers of 100, Adam, "
+    "lr 1e-3, batch 256"
+)
+
 SPEC = MethodSpec(
     name="lff",
     label="LfF",
@@ -140,4 +146,5 @@ SPEC = MethodSpec(
             "lff_ema", 0.7, "loss moving-average decay", parse=float, check=_check_ema, tag="ema"
         ),
     ),
+    protocols={"cmnist": Protocol({"model": "mlp"}, LFF_MLP)},
 )

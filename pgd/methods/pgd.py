@@ -24,7 +24,7 @@ from ..core.runtime import seed_everything
 from ..datasets.base import without_augmentation
 from ..gradients.scores import SCORE_LAYERS, check_score_options, grad_norm_scores
 from ..training.loop import TrainResult
-from .base import MethodOutcome, MethodSpec, Trainer
+from .base import GridEntry, MethodOutcome, MethodSpec, Protocol, Trainer
 from .sampling import importance_sampler
 
 DEBIASED_INITS = ("biased", "scratch")
@@ -135,4 +135,11 @@ SPEC = MethodSpec(
     ),
     check_params=_check,
     name_parts=_name_parts,
+    grid_entries=(
+        GridEntry("pgd", "PGD (last layer)", {"score_layers": "last"}),
+        GridEntry("pgd_all", "PGD (all layers)", {"score_layers": "all"}),
+    ),
+    protocols={
+        "cmnist": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
+    },
 )

@@ -35,8 +35,29 @@ METHODS: dict[str, MethodSpec] = {
     for spec in (vanilla.SPEC, pgd.SPEC, lff.SPEC, jtt.SPEC, upsample.SPEC, groupdro.SPEC)
 }
 
-#: Methods that need the bias labels of the training set.
-ORACLES = tuple(name for name, spec in METHODS.items() if spec.reads_bias_labels)
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry (a plugin's import calls it; see :mod:`pgd.core.plugins`):
+    ``--method NAME``, its settings on the command line and in ``ExperimentConfig``, its grid
+    entries in ``compare``, ``list``. Registering the same spec again changes nothing.
+
+    Raises:
+        ValueError: another method has this name.
+    """
+    key = spec.name.strip().lower()
+    if key != spec.name:
+        raise ValueError(f"method name {spec.name!r}: write it in lower case without spaces")
+    if key in METHODS and METHODS[key] is not spec:
+        raise ValueError(f"a method named {key!r} is already registered; choose another name")
+    METHODS[key] = spec
+    return spec
+
+
+def __getattr__(name: str):
+    """``ORACLES``: the registered methods that need the bias labels of the training set."""
+    if name == "ORACLES":
+        return tuple(n for n, spec in METHODS.items() if spec.reads_bias_labels)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_method(name: str) -> MethodSpec:

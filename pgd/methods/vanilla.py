@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import MethodOutcome, MethodSpec, Trainer
+from .base import MethodOutcome, MethodSpec, Protocol, Trainer
+from .lff import LFF_MLP
 
 
 def run(trainer: Trainer) -> MethodOutcome:
@@ -17,4 +18,6 @@ SPEC = MethodSpec(
     reads_bias_labels=False,
     changes="nothing (ERM, uniform batches)",
     source="",
+    # Under PGD's protocol vanilla is the shared run; its own is the baseline of LfF's paper.
+    protocols={"cmnist": Protocol({"model": "mlp"}, "the vanilla baseline of " + LFF_MLP)},
 )

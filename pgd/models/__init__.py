@@ -3,6 +3,26 @@ official PGD code's small CNN, torchvision's ResNet-18, a small ViT) and the reg
 of those a run can train. Imports
 only :mod:`pgd.core`; the names below are re-exported for ``from pgd.models import ...``."""
 
-from .networks import MLP, MODELS, SmallCNN, TinyViT, build_model, last_linear, resnet18
+from .networks import (
+    MLP,
+    MODELS,
+    NetworkParts,
+    SmallCNN,
+    TinyViT,
+    build_model,
+    last_linear,
+    network_parts,
+    resnet18,
+)
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "TinyViT", "build_model", "last_linear", "resnet18"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "NetworkParts",
+    "SmallCNN",
+    "TinyViT",
+    "build_model",
+    "last_linear",
+    "network_parts",
+    "resnet18",
+]

@@ -9,10 +9,13 @@ of that layer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..core import compat
+from ..core.errors import PgdError
 from ..core.params import lookup
 
 
@@ -91,7 +94,7 @@ def resnet18(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
     try:
         model = torchvision.models.resnet18(weights=weights)
     except Exception as error:  # URLError, HTTPError, OSError, a damaged download
-        raise RuntimeError(
+        raise PgdError(
             f"the ImageNet weights of ResNet-18 ({weights.url}) could not be downloaded "
             f"({type(error).__name__}: {error}). Connect to the internet, or copy the file into "
             f"{torch.hub.get_dir()}/checkpoints/, or train from scratch (leave out --pretrained)."
@@ -186,3 +189,43 @@ def last_linear(model: nn.Module) -> nn.Linear:
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to score")
     return linears[-1]
+
+
+@dataclass(frozen=True)
+class NetworkParts:
+    """A network as an encoder (images -> ``(B, D)`` features) and a classifier (``(B, D)``
+    features -> ``(B, num_classes)`` logits) that share its modules and parameters:
+    ``classifier(encoder(x))`` is ``model(x)``, and training a part trains the network. For
+    methods that use the two separately (a bias-only head on shared features, features swapped
+    between samples)."""
+
+    encoder: nn.Module
+    classifier: nn.Linear
+
+
+def network_parts(model: nn.Module) -> NetworkParts:
+    """The encoder and classifier of a network of the book (``features`` and ``classifier`` of
+    the MLP and the small CNN; everything before ``fc`` of torchvision's ResNets).
+
+    Raises:
+        ValueError: a network whose parts this cannot prove (say how to build it in two parts).
+    """
+    features, head = getattr(model, "features", None), getattr(model, "classifier", None)
+    if isinstance(features, nn.Module) and isinstance(head, nn.Linear):
+        forward = type(model).forward
+        if forward in (MLP.forward, SmallCNN.forward):
+            return NetworkParts(features, head)
+    torchvision = compat.import_torchvision()
+    if isinstance(model, torchvision.models.ResNet) and type(model).forward is (
+        torchvision.models.ResNet.forward
+    ):
+        encoder = nn.Sequential(
+            model.conv1, model.bn1, model.relu, model.maxpool,
+            model.layer1, model.layer2, model.layer3, model.layer4,
+            model.avgpool, nn.Flatten(1),
+        )  # fmt: skip
+        return NetworkParts(encoder, model.fc)
+    raise ValueError(
+        f"cannot split {type(model).__name__} into an encoder and a classifier: give it a "
+        "`features` module and a `classifier` Linear layer, with forward = classifier(features(x))"
+    )

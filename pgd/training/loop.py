@@ -14,7 +14,6 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
 
-from ..core.runtime import StageBar, display_path
+from ..core.runtime import StageBar, display_path, progress_enabled
 from ..core.storage import CorruptFileError, atomic_save, safe_load
 from ..datasets.base import batch_loader
 from ..gradients.scores import batch_last_layer_grad_norms
 from .metrics import predict
 
-PROGRESS_ENV = "PGD_PROGRESS"
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "gce")
 #: Model-selection rules: which epoch's weights a stage keeps. ``valid_group_accuracy`` (the
@@ -252,12 +250,10 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     fingerprint: str = "",
-    equivalent: Collection[str] = (),
     desc: str = "training",
     progress: bool | None = None,
     stop_after_batches: int | None = None,
     objective: Objective | None = None,
-    require_tracked: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, selecting weights on ``valid_set``.
 
@@ -273,10 +269,8 @@ def train(
         checkpoint: file written atomically after every epoch (None: no checkpoints).
         resume: continue from ``checkpoint`` if it exists and was written for the same
             ``fingerprint``; a finished checkpoint returns at once.
-        fingerprint: identifies the experiment (configuration, data, code) in the checkpoint.
-        equivalent: fingerprints of the same experiment under earlier code versions proven to
-            give identical results (:func:`pgd.core.runtime.equivalent_code_versions`); their
-            checkpoints are resumed too.
+        fingerprint: identifies the experiment (what the run is; see
+            :func:`pgd.experiments.pipeline.stage_identity`) in the checkpoint.
         desc: label of the progress bar.
         progress: True: a progress bar over epochs, replaced by one summary line when the stage
             ends (:class:`pgd.core.runtime.StageBar`: a saved notebook keeps the line, not the
@@ -286,9 +280,6 @@ def train(
             simulate a killed run in tests).
         objective: the per-batch loss (default: ``config.loss`` on ``model(images)``); its state
             is checkpointed and restored with the model's.
-        require_tracked: the caller needs every selection rule's weights: a checkpoint written
-            by an earlier code version, which kept only its own rule's, is not resumed (the
-            stage starts afresh, with a warning) instead of leaving the other rules unavailable.
 
     Returns:
         A :class:`TrainResult` whose model holds the selected weights.
@@ -327,19 +318,10 @@ def train(
             raise CorruptFileError(
                 f"{error}. Delete {checkpoint} to restart this stage, or run without --resume."
             ) from error
-    accepted = [identity] + [{**identity, "fingerprint": f} for f in equivalent]
-    if state is not None and require_tracked and not state.get("tracked"):
+    if state is not None and state.get("identity") != identity:
         warnings.warn(
-            f"checkpoint {display_path(checkpoint)} keeps only its own selection rule's weights "
-            "(an earlier version of pgd wrote it) and every rule's are asked for; training this "
-            "stage again.",
-            stacklevel=2,
-        )
-        state = None
-    if state is not None and state.get("identity") not in accepted:
-        warnings.warn(
-            f"checkpoint {display_path(checkpoint)} was written for another configuration or code "
-            "version; starting this stage from scratch (it will be overwritten).",
+            f"checkpoint {display_path(checkpoint)} was written for another configuration or "
+            "results version; starting this stage from scratch (it will be overwritten).",
             stacklevel=2,
         )
         state = None
@@ -355,10 +337,10 @@ def train(
         objective.load_state_dict(state.get("objective") or {})
         history, best_value = state["history"], state["best_value"]
         best_state, best_epoch = state["best_state"], state["best_epoch"]
-        tracked = state.get("tracked") or {}  # none in checkpoints of earlier code versions
+        tracked = state["tracked"]
         start = resumed_from = state["epoch"] + 1
 
-    show = progress if progress is not None else os.environ.get(PROGRESS_ENV, "1") != "0"
+    show = progress_enabled(progress)
     batches_seen = 0
     bar = StageBar(
         range(start, config.epochs),
