@@ -61,6 +61,7 @@ def test_run_compare_and_audit_work_with_the_example_dataset_and_method(tmp_path
     compare = ["compare", "--dataset", "toybars", "--methods", "vanilla,pgd,lossweight"]
     compare += ["--seeds", "1", "--profile", "smoke", "--no-tuning", "--no-progress"]
     assert main([*PLUGINS, *compare, "--out", str(out)]) == 0
+    assert "NOT FROM THE FULL DATASET" not in capsys.readouterr().out  # the dataset says it is
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["vanilla", "lossweight", "pgd"]
     assert set(results["dataset"]) == {"toybars"}

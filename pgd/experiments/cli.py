@@ -14,6 +14,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..core.errors import PgdError
 from ..core.params import add_param_options
 from ..core.plugins import PLUGINS_ENV, load_plugin, plugins_from_environment, split_plugin_options
@@ -364,7 +366,8 @@ def _compare(args: argparse.Namespace) -> int:
         columns = ["method", "ratio", "schedule", "protocol", "hparams", SELECTION_METRIC]
         print(chosen[columns].to_string(index=False))
     print("\noracles read the training set's bias labels; the other methods do not")
-    if first["source"] not in ("torchvision", "real"):
+    full = first.get("full_dataset")
+    if not (pd.notna(full) and bool(full)):  # the dataset's own word (Splits.is_full)
         loud_warning(
             "These numbers are NOT from the full dataset",
             f"data source: {first['source']}",

@@ -177,6 +177,7 @@ def _rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]:
         "protocol": cell.protocol,
         "model": config.model,
         "train_samples": result.data["train_samples"],
+        "full_dataset": result.data["full_dataset"],
     }
     diagnostics = {
         "conflicting_mass": result.conflicting_mass,
