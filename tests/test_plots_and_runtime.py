@@ -199,8 +199,11 @@ def test_warnings_print_briefly_without_the_file_they_came_from(capsys, monkeypa
 def test_paths_are_shown_relative_to_the_working_folder_or_home(tmp_path, monkeypatch):
     from pathlib import Path
 
+    from pgd.core import runtime
     from pgd.core.runtime import display_path
 
+    # outside any project, as on a reader's machine (make test keeps tmp_path inside this one)
+    monkeypatch.setattr(runtime, "_project_root", lambda start: None)
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     assert display_path(tmp_path / "work" / "runs" / "a") == "runs/a"
@@ -278,8 +281,13 @@ def test_missing_data_is_reported_wrapped_with_the_machine_s_folders_shortened(
     tmp_path, monkeypatch, capsys
 ):
     from pgd.book.notebook import report_missing_data
+    from pgd.core import runtime
     from pgd.datasets.base import DataUnavailableError
 
+    # a reader's machine: the data under the home folder, the notebook outside any project
+    monkeypatch.setattr(runtime, "_project_root", lambda start: None)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     folder = tmp_path / "home" / ".cache" / "pgd" / "celeba"
     error = DataUnavailableError(
