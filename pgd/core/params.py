@@ -123,3 +123,20 @@ def lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
     if key not in registry:
         raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
     return registry[key]
+
+
+def register(registry: dict[str, Any], spec: Any, what: str) -> Any:
+    """Add ``spec`` (anything with a ``name``) to ``registry`` under its name, the counterpart
+    of :func:`lookup`; registering the same object again changes nothing.
+
+    Raises:
+        ValueError: the name is not lower case without surrounding spaces, or another ``what``
+            has it.
+    """
+    key = spec.name.strip().lower()
+    if key != spec.name:
+        raise ValueError(f"{what} name {spec.name!r}: write it in lower case without spaces")
+    if key in registry and registry[key] is not spec:
+        raise ValueError(f"a {what} named {key!r} is already registered; choose another name")
+    registry[key] = spec
+    return spec

@@ -6,7 +6,7 @@ and its own settings); adding a dataset is writing such a module and listing it 
 
 from __future__ import annotations
 
-from ..core.params import lookup
+from ..core.params import lookup, register
 from . import bffhq, celeba, cmnist, folder
 from .base import DataRequest, DatasetSpec, Splits
 
@@ -23,13 +23,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     Raises:
         ValueError: another dataset has this name.
     """
-    key = spec.name.strip().lower()
-    if key != spec.name:
-        raise ValueError(f"dataset name {spec.name!r}: write it in lower case without spaces")
-    if key in DATASETS and DATASETS[key] is not spec:
-        raise ValueError(f"a dataset named {key!r} is already registered; choose another name")
-    DATASETS[key] = spec
-    return spec
+    return register(DATASETS, spec, "dataset")
 
 
 def get_dataset(name: str) -> DatasetSpec:

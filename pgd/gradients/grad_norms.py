@@ -550,13 +550,27 @@ def torch_func_norms(
         return loss_fn(out, y.unsqueeze(0)).sum()
 
     with torch.inference_mode(False), torch.enable_grad():
-        x = inputs.clone() if inputs.is_inference() else inputs.detach()
-        y = labels.clone() if labels.is_inference() else labels
+        x, y = _graph_ready(inputs, labels)
         grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
     squared: dict[str, Tensor] = {}
     for full, g in grads.items():
         part = _sq(g.detach())
         squared[owner[full]] = squared[owner[full]] + part if owner[full] in squared else part
+    return _total(squared, per_module)
+
+
+def _graph_ready(inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Copies of inference tensors (they cannot enter a graph); the others as they are, inputs
+    detached. Call inside ``inference_mode(False)``."""
+    x = inputs.clone() if inputs.is_inference() else inputs.detach()
+    y = labels.clone() if labels.is_inference() else labels
+    return x, y
+
+
+def _total(
+    squared: dict[str, Tensor], per_module: bool
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """The ``(B,)`` norms from each unit's squared norms (and those, if ``per_module``)."""
     total = torch.stack(list(squared.values())).sum(0).sqrt()
     return (total, squared) if per_module else total
 
@@ -573,8 +587,7 @@ def _one_pass_norms(
     """:func:`grad_norms`' one forward and one backward pass."""
     # Whatever the caller's autograd mode, this needs a graph: inference tensors are copied.
     with torch.inference_mode(False), torch.enable_grad():
-        x = inputs.clone() if inputs.is_inference() else inputs.detach()
-        y = labels.clone() if labels.is_inference() else labels
+        x, y = _graph_ready(inputs, labels)
         units, clone = None, set()
         for _attempt in range(3):
             units, redo = _one_pass(model, x, y, selected, loss_fn, conv, clone, exhaustive=False)
@@ -588,8 +601,7 @@ def _one_pass_norms(
     if not squared:  # no chosen parameter took part in the forward pass
         param = next(p for _, m in selected for p in m.parameters(recurse=False))
         return torch.zeros(len(labels), dtype=param.dtype, device=param.device)
-    total = torch.stack(list(squared.values())).sum(0).sqrt()
-    return (total, squared) if per_module else total
+    return _total(squared, per_module)
 
 
 def _one_pass(

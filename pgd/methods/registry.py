@@ -26,7 +26,7 @@ loss) as PGD's debiased model.
 
 from __future__ import annotations
 
-from ..core.params import lookup
+from ..core.params import lookup, register
 from . import groupdro, jtt, lff, pgd, upsample, vanilla
 from .base import MethodSpec
 
@@ -44,13 +44,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     Raises:
         ValueError: another method has this name.
     """
-    key = spec.name.strip().lower()
-    if key != spec.name:
-        raise ValueError(f"method name {spec.name!r}: write it in lower case without spaces")
-    if key in METHODS and METHODS[key] is not spec:
-        raise ValueError(f"a method named {key!r} is already registered; choose another name")
-    METHODS[key] = spec
-    return spec
+    return register(METHODS, spec, "method")
 
 
 def __getattr__(name: str):
