@@ -280,3 +280,20 @@ def test_without_bars_a_stage_ends_with_one_summary_line(cmnist, monkeypatch, ca
     out = capsys.readouterr()
     assert out.out.startswith("demo: 2 epochs,") and "kept epoch" in out.out
     assert "epoch/s" not in out.err  # no progress bar
+
+
+def test_a_folder_written_in_stages_replaces_the_old_one_only_when_complete(tmp_path):
+    from pgd.core.storage import staged_folder
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with pytest.raises(OSError, match="disk full"), staged_folder(folder) as staging:
+        (staging / "half.txt").write_text("half")
+        raise OSError("disk full")
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]  # the old folder, untouched
+    with staged_folder(folder) as staging:
+        assert list(staging.iterdir()) == []  # the interrupted attempt's files are gone
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in folder.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no staging folder left

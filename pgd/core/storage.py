@@ -88,3 +88,18 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+@contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """An empty folder beside ``folder`` (``.<name>.writing``) to write into; when the block ends
+    without an error it replaces ``folder`` (an older one is removed first) in one rename, so a
+    half-written folder never takes its place. After an error the staging folder stays, and the
+    next attempt clears it."""
+    folder = Path(folder)
+    staging = folder.parent / f".{folder.name}.writing"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from ..core import compat
 from ..core.runtime import data_root, display_path
-from ..core.storage import link_or_copy
+from ..core.storage import link_or_copy, staged_folder
 from .archives import safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .faces import render_face
@@ -249,17 +248,13 @@ def derive_rarer_ratio(
                 f"({len(files)} of {n_conflicting} in {src.name}): choose a larger ratio"
             )
         keep[name] = [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
-    staging = folder / f".{out.name}.writing"
-    shutil.rmtree(staging, ignore_errors=True)
-    for kind, classes in (("align", aligned), ("conflict", keep)):
-        for name, files in classes.items():
-            (staging / kind / name).mkdir(parents=True)
-            for path in files:
-                target = staging / kind / name / path.name
-                link_or_copy(path, target)
-    (staging / DERIVED_MARKER).write_text(json.dumps(settings))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    with staged_folder(out) as staging:
+        for kind, classes in (("align", aligned), ("conflict", keep)):
+            for name, files in classes.items():
+                (staging / kind / name).mkdir(parents=True)
+                for path in files:
+                    link_or_copy(path, staging / kind / name / path.name)
+        (staging / DERIVED_MARKER).write_text(json.dumps(settings))
     return out
 
 

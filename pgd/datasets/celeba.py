@@ -23,7 +23,6 @@ Google Drive answers with its quota page instead of the file.
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from ..core import compat
 from ..core.params import Param
 from ..core.runtime import data_root, display_path, progress_enabled
+from ..core.storage import staged_folder
 from .archives import DownloadError, diagnose_download, safe_extract
 from .base import DataRequest, DatasetSpec, DataUnavailableError
 from .faces import render_face
@@ -314,32 +314,29 @@ def write_official_layout(splits, folder: Path, raw_images=None, source: str = "
             f"these rows have the columns {', '.join(columns)}: CelebA needs an image column and "
             "its attribute columns (Blond_Hair, Male, ...)"
         )
-    staging = folder.parent / f".{folder.name}.writing"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "img_align_celeba").mkdir(parents=True)
-    attr_lines, part_lines, number = [], [], 0
-    show = progress_enabled()
-    for split, rows in splits.items():
-        if raw_images is not None and hasattr(rows, "cast_column"):
-            rows = rows.cast_column(image_column, raw_images)  # the stored bytes, not decoded
-        for row in tqdm(rows, desc=f"writing {split}", unit="image", disable=not show):
-            number += 1
-            name = f"{number:06d}.jpg"
-            image = row[image_column]
-            target = staging / "img_align_celeba" / name
-            if isinstance(image, dict) and image.get("bytes"):
-                target.write_bytes(image["bytes"])
-            else:
-                image.convert("RGB").save(target, quality=95)
-            values = [1 if row[a] in (True, 1) else -1 for a in attributes]
-            attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
-            part_lines.append(f"{name} {PARTITIONS[split]}")
-    header = f"{number}\n" + " ".join(attributes) + " \n"
-    (staging / "list_attr_celeba.txt").write_text(header + "\n".join(attr_lines) + "\n")
-    (staging / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
-    (staging / SOURCE_FILE).write_text(f"CelebA written by pgd from {source}\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    with staged_folder(folder) as staging:
+        (staging / "img_align_celeba").mkdir()
+        attr_lines, part_lines, number = [], [], 0
+        show = progress_enabled()
+        for split, rows in splits.items():
+            if raw_images is not None and hasattr(rows, "cast_column"):
+                rows = rows.cast_column(image_column, raw_images)  # the stored bytes, not decoded
+            for row in tqdm(rows, desc=f"writing {split}", unit="image", disable=not show):
+                number += 1
+                name = f"{number:06d}.jpg"
+                image = row[image_column]
+                target = staging / "img_align_celeba" / name
+                if isinstance(image, dict) and image.get("bytes"):
+                    target.write_bytes(image["bytes"])
+                else:
+                    image.convert("RGB").save(target, quality=95)
+                values = [1 if row[a] in (True, 1) else -1 for a in attributes]
+                attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
+                part_lines.append(f"{name} {PARTITIONS[split]}")
+        header = f"{number}\n" + " ".join(attributes) + " \n"
+        (staging / "list_attr_celeba.txt").write_text(header + "\n".join(attr_lines) + "\n")
+        (staging / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
+        (staging / SOURCE_FILE).write_text(f"CelebA written by pgd from {source}\n")
     return folder
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from ..core import compat
 from ..core.runtime import data_root, display_path
+from ..core.storage import staged_folder
 from .base import DataUnavailableError
 from .cmnist import PALETTE, Digits
 from .folder import write_image_folder
@@ -216,10 +216,7 @@ def write_border_folder(
         colours = border_colours(y, share, generator)
         splits[split] = (add_border(x, colours, width), y)
         bias[split] = [COLOURS[c] for c in colours.tolist()]
-    staging = out.parent / f".{out.name}.writing"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_image_folder(staging, splits, class_names, bias=bias)
-    (staging / RECIPE).write_text(json.dumps(recipe, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    with staged_folder(out) as staging:
+        write_image_folder(staging, splits, class_names, bias=bias)
+        (staging / RECIPE).write_text(json.dumps(recipe, indent=1) + "\n")
     return out

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ..core.storage import staged_folder
 
 #: File that marks a folder as written by a stand-in generator, never real data.
 STAND_IN_MARKER = "PGD_STAND_IN.txt"
@@ -83,14 +84,10 @@ def stand_in_folder(folder: str | os.PathLike, settings: dict, write) -> Path:
             f"{folder} holds files but is not a stand-in written by pgd; refusing to overwrite "
             "it. Choose another folder."
         )
-    staging = folder.parent / f".{folder.name}.writing"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    (staging / STAND_IN_MARKER).write_text(
-        f"Synthetic stand-in for {settings.get('dataset')} written by pgd: not real data.\n"
-        + json.dumps(settings)
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    with staged_folder(folder) as staging:
+        write(staging)
+        (staging / STAND_IN_MARKER).write_text(
+            f"Synthetic stand-in for {settings.get('dataset')} written by pgd: not real data.\n"
+            + json.dumps(settings)
+        )
     return folder
