@@ -12,7 +12,14 @@ import torchvision
 from torch import nn
 
 from pgd.gradients import grad_norms as gn
-from pgd.gradients.grad_norms import describe_plan, grad_norms, select_modules
+from pgd.gradients.grad_norms import (
+    closed_forms,
+    describe_plan,
+    fallback,
+    grad_norms,
+    select_modules,
+    torch_internals,
+)
 from pgd.gradients.scores import closed_form_grad_norms, per_sample_grad_norms
 from pgd.models import build_model
 
@@ -225,7 +232,7 @@ def test_modules_without_a_closed_form_fall_back_to_torch_func_with_one_warning(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), _Scale(4), nn.Tanh(), _Scale(4), nn.Linear(4, 3))
     x, y = _data((5,), classes=3)
-    gn._WARNED.clear()
+    fallback.WARNED.clear()
     with pytest.warns(UserWarning, match=r"no closed form for _Scale \(module '[13]'\)"):
         _check(model, x, y)
     with warnings.catch_warnings():
@@ -710,10 +717,8 @@ def _small_net() -> nn.Module:
 @pytest.fixture
 def fresh_internals(monkeypatch):
     """Each test sees the self-check run again, and its warnings again."""
-    from pgd.gradients import torch_internals
-
     torch_internals.forget_self_check()
-    monkeypatch.setattr(gn, "_WARNED", set())
+    monkeypatch.setattr(fallback, "WARNED", set())
     yield torch_internals
     torch_internals.forget_self_check()
 
@@ -744,7 +749,8 @@ def test_an_internal_that_behaves_differently_is_caught_and_replaced(fresh_inter
         return tuple(out)
 
     monkeypatch.setattr(fresh_internals, "convolution_backward", wrong)
-    monkeypatch.setattr(gn, "conv_mode", lambda *a, **k: "materialise")  # the path that uses it
+    # the path that uses it
+    monkeypatch.setattr(closed_forms, "conv_mode", lambda *a, **k: "materialise")
     model, x = _small_net(), torch.randn(7, 3, 6, 6, dtype=torch.float64)
     y = torch.randint(0, 5, (7,))
     with pytest.warns(UserWarning, match="differ from torch.func's on a test network"):
@@ -786,6 +792,12 @@ def test_no_module_but_torch_internals_touches_a_private_torch_name():
     """The private names grad_norms needs are looked up in one module only."""
     from pathlib import Path
 
-    source = Path(gn.__file__).read_text()
-    for private in ("torch._C", "._version", "_pytree", "_global_forward", "aten.convolution"):
-        assert private not in source, private
+    parts = sorted(Path(gn.__file__).parent.glob("*.py"))
+    names = {p.name for p in parts}
+    assert {"__init__.py", "trace.py", "one_pass.py", "torch_internals.py"} <= names
+    for part in parts:
+        if part.name == "torch_internals.py":
+            continue
+        source = part.read_text()
+        for private in ("torch._C", "._version", "_pytree", "_global_forward", "aten.convolution"):
+            assert private not in source, (part.name, private)
