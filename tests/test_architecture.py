@@ -391,7 +391,7 @@ def test_how_thoroughly_files_are_checked_does_not_change_a_checkpoints_identity
 NAME_USES_ALLOWED = {
     ("experiments/audit.py", "pgd"),  # the audit is PGD's own report: it refuses other methods
     ("experiments/cli.py", "pgd"),  # the audit command's options are PGD's score settings
-    ("experiments/compare.py", "vanilla"),  # wall times relative to vanilla, the ERM reference
+    ("experiments/tables.py", "vanilla"),  # wall times relative to vanilla, the ERM reference
     ("training/schedules.py", "vanilla"),  # a stage kind (ERM selected on validation loss)
 }
 

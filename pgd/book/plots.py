@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from ..datasets.cmnist import PALETTE
 from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from ..experiments.compare import LABELS
+from ..experiments.grid import grid_entries
 
 GROUP_COLOURS = {"bias-aligned": "#4C72B0", "bias-conflicting": "#DD8452"}
 
@@ -487,18 +487,19 @@ def plot_settings(
     Returns:
         The figure (its axes share the y axis; the legend sits below them).
     """
+    labels = grid_entries()[1]  # read now: a method a plugin registered has its label
     frame = results if ratio is None else results[results["ratio"] == ratio]
     frame = frame[frame["method"].isin(methods)]
     frame = frame.assign(
         setting=frame["protocol"] + "\n" + frame["selection"].map(RULE_LABELS),
-        method=frame["method"].map(LABELS),
+        method=frame["method"].map(labels),
     )
     schedules = list(dict.fromkeys(frame["schedule"]))
     fig, axes = plt.subplots(
         1, len(schedules), figsize=(4.8 * len(schedules), 4.4), sharey=True, squeeze=False
     )
     present = set(frame["method"])
-    hue_order = [LABELS[m] for m in methods if LABELS[m] in present]
+    hue_order = [labels[m] for m in methods if labels[m] in present]
     for ax, schedule in zip(axes[0], schedules, strict=True):
         part = frame[frame["schedule"] == schedule]
         sns.pointplot(

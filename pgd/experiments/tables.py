@@ -1,0 +1,224 @@
+"""The comparison's result tables: the rows a finished run adds, writing and reading
+``results.csv``, and the tables the chapters and the command line print from it (means and
+spreads over seeds, settings side by side, wall times)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..core.runtime import code_fingerprint
+from ..core.storage import atomic_write_text
+from .grid import Cell, grid_entries
+
+#: Method diagnostics copied into the results table (JTT's error set; empty for the others).
+EXTRA_COLUMNS = ("error_set_size", "error_set_conflicting_share", "conflicting_in_error_set")
+
+
+def result_rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]:
+    """The rows of the results table for one finished run (``result``, an
+    :class:`~pgd.experiments.pipeline.ExperimentResult`): one per selection rule it was
+    evaluated under."""
+    config = cell.config
+    hparams = config.method_hparams()
+    common = {
+        "dataset": config.dataset,
+        "source": result.data["source"],
+        "ratio": config.ratio,
+        "method": cell.method,
+        "label": grid_entries()[1][cell.method],
+        "oracle": config.is_oracle,
+        "seed": config.seed,
+        "hparams": ", ".join(f"{k}={v:g}" for k, v in hparams.items()),
+        "schedule": config.profile_spec.name,
+        "profile": config.profile_spec.name,
+        "epochs": config.stage_epochs(result.data["train_samples"]),
+        "protocol": cell.protocol,
+        "model": config.model,
+        "train_samples": result.data["train_samples"],
+        "full_dataset": result.data["full_dataset"],
+    }
+    diagnostics = {
+        "conflicting_mass": result.conflicting_mass,
+        "effective_sample_size": (
+            result.sampling["effective_sample_size"] if result.sampling else None
+        ),
+        **{k: result.extras.get(k) for k in EXTRA_COLUMNS},
+        "seconds": seconds,
+        "device": result.provenance.get("device"),
+        "code": code_fingerprint(),
+        "run": cell.key,
+    }
+    rows = []
+    for rule, chosen in result.by_selection.items():
+        test, valid = chosen["metrics"]["test"], chosen["metrics"]["valid"]
+        rows.append(
+            common
+            | {
+                "selection": rule,
+                "selection_oracle": chosen["oracle"],
+                "selected_epoch": chosen["epoch"] + 1,  # 1-based, as the text counts epochs
+                "accuracy": 100 * test["accuracy"],
+                "aligned_accuracy": 100 * test["aligned_accuracy"],
+                "conflicting_accuracy": 100 * test["conflicting_accuracy"],
+                "group_mean_accuracy": 100 * test["group_mean_accuracy"],
+                "worst_group_accuracy": 100 * test["worst_group_accuracy"],
+                "valid_accuracy": 100 * valid["accuracy"],
+                "valid_group_mean_accuracy": 100 * valid["group_mean_accuracy"],
+            }
+            | diagnostics
+        )
+    return rows
+
+
+def write_tables(
+    folder: Path, rows: list[dict[str, Any]], tuning_rows: list[dict[str, Any]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``results.csv`` and ``tuning.csv`` into ``folder`` (atomically) and return them."""
+    results = pd.DataFrame(rows)
+    tuning = pd.DataFrame(tuning_rows)
+    atomic_write_text(results.to_csv(index=False), folder / "results.csv")
+    atomic_write_text(tuning.to_csv(index=False), folder / "tuning.csv")
+    return results, tuning
+
+
+def load_results(folder: str | os.PathLike) -> pd.DataFrame:
+    """The ``results.csv`` that :func:`run_grid` wrote into ``folder``.
+
+    Raises:
+        FileNotFoundError: no grid was run there; says the command that makes it.
+    """
+    path = Path(folder) / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run `python -m pgd compare --out {folder}` first"
+        )
+    return pd.read_csv(path)
+
+
+#: Columns of the results that are grid dimensions besides method, dataset, ratio and seed: a
+#: table of means must fix each of them to one value.
+DIMENSIONS = ("schedule", "protocol", "selection")
+
+
+def select(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    """The rows of ``results`` whose columns equal ``where`` (``selection="last"``, ...).
+
+    Raises:
+        ValueError: a column does not exist, or no row matches (names the values present).
+    """
+    frame = results
+    for column, value in where.items():
+        if column not in frame:
+            raise ValueError(f"the results have no column {column!r}")
+        kept = frame[frame[column] == value]
+        if kept.empty:
+            raise ValueError(
+                f"no results with {column}={value!r}; present: "
+                f"{', '.join(map(str, frame[column].unique()))}"
+            )
+        frame = kept
+    return frame
+
+
+def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) -> pd.DataFrame:
+    """``mean +- std`` over seeds of ``metric``: one row per method (in grid order, oracles
+    last), one column per (dataset, ratio); the sample standard deviation (ddof 1). ``where``
+    fixes the other dimensions (``schedule``, ``protocol``, ``selection``).
+
+    Raises:
+        ValueError: the rows left still span several values of a dimension (say which).
+    """
+    frame = select(results, **where).copy()
+    for column in DIMENSIONS:
+        if column in frame and frame[column].nunique() > 1:
+            raise ValueError(
+                f"the results hold several values of {column} "
+                f"({', '.join(map(str, frame[column].unique()))}): pick one, e.g. "
+                f"summary_table(results, {metric!r}, {column}={frame[column].iloc[0]!r})"
+            )
+    frame["ratio"] = frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%")
+    stats = frame.groupby(["method", "dataset", "ratio"], sort=False)[metric].agg(
+        ["mean", "std", "count"]
+    )
+    text = stats.apply(
+        lambda r: f"{r['mean']:.2f} ± {r['std']:.2f}" if r["count"] > 1 else f"{r['mean']:.2f}",
+        axis=1,
+    ).unstack(["dataset", "ratio"])
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in text.index]
+    text = text.loc[order]
+    text.index = [labels[m] for m in order]
+    text.index.name = "method"
+    return text
+
+
+def setting_label(row: Mapping[str, Any]) -> str:
+    """How tables name a training setting: ``full, shared, last`` (schedule, protocol, rule)."""
+    return f"{row['schedule']}, {row['protocol']}, {row['selection']}"
+
+
+def setting_table(
+    results: pd.DataFrame, metric: str = "accuracy", *, ratio: float | None = None
+) -> pd.DataFrame:
+    """``mean +- std`` over seeds of ``metric`` for every method (rows, grid order) under every
+    training setting present (columns: schedule, protocol, selection rule), at one ``ratio``
+    (None: the only one, as on CelebA). Oracle rules are marked ``(oracle)``; a method without
+    an own protocol has no ``own`` entries.
+
+    Raises:
+        ValueError: ``ratio`` is not in the results (names those present).
+    """
+    frame = results if ratio is None else select(results, ratio=ratio)
+    frame = frame.assign(setting=frame.apply(setting_label, axis=1))
+    frame.loc[frame["selection_oracle"], "setting"] += " (oracle)"
+    stats = frame.groupby(["method", "setting"], sort=False)[metric].agg(["mean", "std", "count"])
+    text = stats.apply(
+        lambda r: f"{r['mean']:.1f} ± {r['std']:.1f}" if r["count"] > 1 else f"{r['mean']:.1f}",
+        axis=1,
+    ).unstack("setting")
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in text.index]
+    text = text.loc[order, list(dict.fromkeys(frame["setting"]))]
+    text.index = [labels[m] for m in order]
+    text.index.name = "method"
+    return text.fillna("")
+
+
+def best_settings(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """For every method and ratio, its best setting by mean ``metric`` over seeds among the
+    settings whose selection rule reads no bias labels: one row per (ratio, method) with the
+    setting and its mean and standard deviation.
+
+    The choice looks at the test results: it is the most favourable reading of each method,
+    not a model selection, and only fit for asking whether another method beats even that."""
+    frame = results[~results["selection_oracle"]]
+    frame = frame.assign(setting=frame.apply(setting_label, axis=1))
+    stats = (
+        frame.groupby(["ratio", "method", "setting"], sort=False, dropna=False)[metric]
+        .agg(["mean", "std"])
+        .reset_index()
+    )
+    best = stats.loc[stats.groupby(["ratio", "method"], sort=False, dropna=False)["mean"].idxmax()]
+    return best.reset_index(drop=True)
+
+
+def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    """Mean wall time per run in seconds (over seeds): one row per method, one column per
+    ratio, plus each method's time relative to vanilla's (mean over ratios). A run is counted
+    once, whatever the number of selection rules it was evaluated under."""
+    frame = select(results, **where).drop_duplicates("run")
+    seconds = frame.groupby(["method", "ratio"], sort=False)["seconds"].mean().unstack()
+    seconds.columns = [f"{100 * r:g}%" if pd.notna(r) else "-" for r in seconds.columns]
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in seconds.index]
+    seconds = seconds.loc[order]
+    if "vanilla" in seconds.index:
+        seconds["x vanilla"] = seconds.mean(axis=1) / seconds.loc["vanilla"].mean()
+    seconds.index = [labels[m] for m in order]
+    seconds.index.name = "method"
+    return seconds.round(2)
