@@ -396,11 +396,15 @@ NAME_USES_ALLOWED = {
 }
 
 
-def _own_module(name: str) -> str:
-    """The module (relative to the package) that defines dataset or method ``name``."""
+def _is_own_module(rel: str, name: str) -> bool:
+    """Whether ``rel`` (a file relative to the package) belongs to the module that defines dataset
+    or method ``name``: that module's file, or any file of it where it is a package."""
     spec = DATASETS.get(name)
     function = spec.build if spec is not None else METHODS[name].run
-    return f"{function.__module__.removeprefix('pgd.').replace('.', '/')}.py"
+    module = function.__module__.removeprefix("pgd.").replace(".", "/")
+    if (PACKAGE / module).is_dir():
+        return rel.startswith(f"{module}/")
+    return rel == f"{module}.py"
 
 
 def test_no_module_switches_on_a_dataset_or_method_name_outside_its_own():
@@ -427,7 +431,7 @@ def test_no_module_switches_on_a_dataset_or_method_name_outside_its_own():
                 if not (isinstance(constant, ast.Constant) and constant.value in names):
                     continue
                 name = constant.value
-                if rel == _own_module(name) or (rel, name) in NAME_USES_ALLOWED:
+                if _is_own_module(rel, name) or (rel, name) in NAME_USES_ALLOWED:
                     continue
                 if rel.startswith("methods/") and name in DATASETS:
                     continue  # a method's spec names the datasets its paper has a protocol for

@@ -271,7 +271,9 @@ def _write_mirror(folder, sizes):
 
 def test_the_hugging_face_mirror_is_written_in_the_official_layout(tmp_path, monkeypatch):
     _write_mirror(tmp_path / "mirror", {"train": 6, "valid": 3, "test": 3})
-    monkeypatch.setattr(celeba, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12})
+    monkeypatch.setattr(
+        celeba.layout, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12}
+    )
     folder = celeba.download_celeba_mirror(tmp_path / "root", source=str(tmp_path / "mirror"))
     assert folder == tmp_path / "root" / "celeba"
     assert len(list((folder / "img_align_celeba").glob("*.jpg"))) == 12
@@ -282,7 +284,9 @@ def test_the_hugging_face_mirror_is_written_in_the_official_layout(tmp_path, mon
 
 def test_a_mirror_whose_splits_are_not_the_official_partition_is_refused(tmp_path, monkeypatch):
     _write_mirror(tmp_path / "mirror", {"train": 5, "valid": 3, "test": 3})
-    monkeypatch.setattr(celeba, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12})
+    monkeypatch.setattr(
+        celeba.layout, "OFFICIAL_COUNTS", {"train": 6, "valid": 3, "test": 3, "all": 12}
+    )
     with pytest.raises(celeba.DataUnavailableError, match="official partition has 6 / 3 / 3"):
         celeba.download_celeba_mirror(tmp_path / "root", source=str(tmp_path / "mirror"))
     assert not (tmp_path / "root" / "celeba").exists()
@@ -307,8 +311,8 @@ def test_a_failed_drive_download_falls_back_to_the_mirror(tmp_path, monkeypatch)
         calls.append("mirror")
         return write_celeba_layout(tmp_path / "celeba", n=6)[0]
 
-    monkeypatch.setattr(celeba, "download_celeba", drive)
-    monkeypatch.setattr(celeba, "download_celeba_mirror", mirror)
+    monkeypatch.setattr(celeba.acquire, "download_celeba", drive)
+    monkeypatch.setattr(celeba.acquire, "download_celeba_mirror", mirror)
     assert celeba.prepare_celeba(tmp_path / "empty", download=True) == tmp_path / "celeba"
     assert calls == ["drive", "mirror"]
     with pytest.raises(DownloadError, match="quota"):
