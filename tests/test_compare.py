@@ -150,7 +150,7 @@ def test_each_selection_rule_is_a_row_with_the_epoch_it_chose(tmp_path):
     from pgd.core.runtime import runs_root
     from pgd.experiments.config import ExperimentConfig
     from pgd.models import build_model
-    from pgd.training.loop import load_checkpoint
+    from pgd.training.checkpoints import load_checkpoint
     from pgd.training.metrics import predict, summarize
 
     grid = run_grid(

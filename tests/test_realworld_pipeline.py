@@ -15,8 +15,8 @@ from pgd.datasets.images import measure_loading
 from pgd.experiments.cli import main
 from pgd.experiments.config import ExperimentConfig
 from pgd.models import build_model
-from pgd.training.loop import estimated_seconds, measure_throughput
 from pgd.training.schedules import stage_config
+from pgd.training.throughput import estimated_seconds, measure_throughput
 
 
 def test_real_world_datasets_default_to_resnet18_and_their_own_ratio():

@@ -11,7 +11,9 @@ from pgd.core.storage import CorruptFileError, atomic_save, safe_load
 from pgd.datasets.cmnist import ColoredMNIST
 from pgd.methods.sampling import importance_sampler
 from pgd.models import build_model
-from pgd.training.loop import GeneralizedCELoss, TrainConfig, load_checkpoint, train
+from pgd.training.checkpoints import load_checkpoint
+from pgd.training.loop import TrainConfig, train
+from pgd.training.objectives import GeneralizedCELoss
 
 CNN_FAST = TrainConfig(epochs=3, batch_size=64, lr=0.02, lr_step=2)
 
@@ -72,8 +74,7 @@ def test_selection_keeps_the_epoch_of_lowest_validation_loss(cmnist):
 
 
 def test_every_selection_rule_keeps_the_weights_of_the_epoch_it_chose(cmnist, tmp_path):
-    from pgd.training.loop import group_mean_accuracy
-    from pgd.training.metrics import predict
+    from pgd.training.metrics import group_mean_accuracy, predict
 
     train_set, valid_set = cmnist.train.head(400), cmnist.valid.head(100)
     config = TrainConfig(**{**CNN_FAST.__dict__, "epochs": 4})
@@ -113,7 +114,7 @@ def test_every_selection_rule_keeps_the_weights_of_the_epoch_it_chose(cmnist, tm
 
 
 def test_group_mean_accuracy_averages_the_groups_present():
-    from pgd.training.loop import group_mean_accuracy
+    from pgd.training.metrics import group_mean_accuracy
 
     correct = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
     labels = torch.tensor([0, 0, 0, 1, 1, 1])

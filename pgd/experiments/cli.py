@@ -25,7 +25,7 @@ from ..datasets.base import check_ratio
 from ..datasets.registry import DATASETS, get_dataset
 from ..methods.registry import METHODS
 from ..models import MODELS
-from ..training.loop import SELECTIONS
+from ..training.selection import SELECTIONS
 from .audit import audit
 from .compare import SELECTION_METRIC, grid_entries, run_grid, summary_table, wall_time_table
 from .config import COMMON_FIELDS, ExperimentConfig

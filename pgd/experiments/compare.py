@@ -43,7 +43,7 @@ from ..core.profiles import PROFILES, get_profile
 from ..core.runtime import code_fingerprint, display_path, progress_enabled
 from ..core.storage import atomic_write_text
 from ..datasets.registry import get_dataset
-from ..training.loop import SELECTIONS
+from ..training.selection import SELECTIONS
 from . import grid as _grid
 from .config import ExperimentConfig
 from .grid import (
@@ -196,7 +196,7 @@ def run_grid(
             ``own`` (each method's published protocol, its spec's ``protocols``; methods without
             one are left out of it).
         selections: model-selection rules to report (``all`` or names from
-            :data:`pgd.training.loop.SELECTIONS`; default: the stages' own rule, validation
+            :data:`pgd.training.selection.SELECTIONS`; default: the stages' own rule, validation
             loss): each run is evaluated with the weights every rule chose on the validation
             split, one row per rule, without retraining.
         options: the dataset's own settings (its spec's ``options``, e.g. Colored MNIST's

@@ -42,9 +42,9 @@ from ..methods.sampling import (
     sampling_probabilities,
     small_sample_warning,
 )
-from ..training.loop import ORACLE_SELECTIONS, SELECTIONS
 from ..training.metrics import group_accuracy_table, predict, summarize
 from ..training.schedules import stage_config
+from ..training.selection import ORACLE_SELECTIONS, SELECTIONS
 from .config import ExperimentConfig
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "load_data", "run", "trainer"]
@@ -295,7 +295,7 @@ def run(
         workers, download: see :func:`load_data`.
         data: splits to use instead of loading ``config``'s dataset (any object with the
             attributes of :class:`pgd.datasets.base.Splits`; the tests pass synthetic ones).
-        selections: model-selection rules (:data:`pgd.training.loop.SELECTIONS`, or ``all``)
+        selections: model-selection rules (:data:`pgd.training.selection.SELECTIONS`, or ``all``)
             whose choice of the final stage's epoch to evaluate besides the stage's own rule
             (validation loss): no retraining, the training loop keeps every rule's weights
             (a checkpoint of an earlier code version, which kept only its own rule's, is

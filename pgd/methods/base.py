@@ -24,7 +24,8 @@ from ..core.params import Param
 from ..core.runtime import seed_everything
 from ..datasets.base import Splits
 from ..models import build_model
-from ..training.loop import Objective, TrainResult, train
+from ..training.loop import TrainResult, train
+from ..training.objectives import Objective
 from ..training.schedules import stage_config
 from .sampling import importance_sampler
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..core.params import Param
 from ..datasets.base import group_ids
-from ..training.loop import Objective
+from ..training.objectives import Objective
 from .base import MethodOutcome, MethodSpec, Trainer
 
 

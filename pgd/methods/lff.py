@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..core.params import Param
 from ..core.runtime import seed_everything
-from ..training.loop import GeneralizedCELoss, Objective
+from ..training.objectives import GeneralizedCELoss, Objective
 from .base import MethodOutcome, MethodSpec, Protocol, Trainer
 
 

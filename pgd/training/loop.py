@@ -13,30 +13,22 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, RandomSampler, Sampler
 
-from ..core.runtime import StageBar, display_path, progress_enabled
-from ..core.storage import CorruptFileError, atomic_save, safe_load
+from ..core.runtime import StageBar, progress_enabled
+from ..core.storage import CorruptFileError
 from ..datasets.base import batch_loader
-from ..gradients.scores import batch_last_layer_grad_norms
-from .metrics import predict
+from .checkpoints import StageCheckpoint, global_rng_state, set_global_rng_state
+from .metrics import group_mean_accuracy, predict
+from .objectives import LOSSES, Objective
+from .selection import SELECTIONS, SelectionTracker
 
 OPTIMIZERS = ("sgd", "adam")
-LOSSES = ("ce", "gce")
-#: Model-selection rules: which epoch's weights a stage keeps. ``valid_group_accuracy`` (the
-#: mean accuracy over the validation split's (label, bias) groups) reads the validation split's
-#: bias labels: an oracle rule, like the methods that read the training split's.
-SELECTIONS = ("valid_loss", "valid_accuracy", "last", "valid_group_accuracy")
-ORACLE_SELECTIONS = ("valid_group_accuracy",)
 
 
 @dataclass(frozen=True)
@@ -86,58 +78,6 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
 
 
-class GeneralizedCELoss(nn.Module):
-    """Generalized cross-entropy (Zhang & Sabuncu, 2018) as LfF and the official PGD code use it.
-
-    GCE is ``(1 - p_y^q) / q``; its gradient is ``p_y^q`` times that of the cross-entropy, so it
-    down-weights samples the model finds hard and amplifies whatever is easiest to learn (here:
-    colour). Like LfF and the official code, this returns ``q * p_y^q * CE`` with ``p_y^q``
-    detached: the gradient is ``q`` times the textbook GCE gradient.
-
-    Input ``(B, C)`` logits and ``(B,)`` labels; output ``(B,)`` per-sample losses.
-    """
-
-    def __init__(self, q: float = 0.7) -> None:
-        super().__init__()
-        if not 0 < q <= 1:
-            raise ValueError(f"GCE's q must lie in (0, 1], got {q}")
-        self.q = q
-
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        p_y = torch.exp(-ce).detach()
-        return ce * p_y.pow(self.q) * self.q
-
-
-class Objective:
-    """The loss a training stage minimises, computed from one batch.
-
-    The default objective is the configured cross-entropy or GCE of ``model(images)``. Methods
-    with more to do per batch (LfF's two models, GroupDRO's group weights) subclass it; whatever
-    state they keep between batches goes through :meth:`state_dict` into the checkpoint, so a
-    killed run resumes with it.
-    """
-
-    def __init__(self, loss: str = "ce", gce_q: float = 0.7) -> None:
-        self.criterion = GeneralizedCELoss(gce_q) if loss == "gce" else None
-
-    def __call__(
-        self, model: nn.Module, images: Tensor, labels: Tensor, bias: Tensor, index: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Return ``(loss, logits)``: the scalar loss to minimise and the ``(B, C)`` logits of
-        the model being trained (for the running training accuracy)."""
-        logits = model(images).float()
-        if self.criterion is None:
-            return F.cross_entropy(logits, labels), logits
-        return self.criterion(logits, labels).mean(), logits
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
@@ -174,43 +114,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _is_better(selection: str, value: dict[str, float], best: float | None) -> bool:
-    if selection == "last" or best is None:
-        return True
-    if selection == "valid_loss":
-        return value["valid_loss"] <= best  # ties go to the later epoch, as in the official code
-    return value[selection] >= best  # accuracies: ties go to the later epoch too
-
-
-def _selection_value(selection: str, row: dict[str, float]) -> float:
-    return row["valid_loss"] if selection in ("valid_loss", "last") else row[selection]
-
-
-def group_mean_accuracy(correct: Tensor, labels: Tensor, bias_labels: Tensor) -> float:
-    """Mean accuracy over the (label, bias) groups present; ``(N,)`` tensors."""
-    bias = bias_labels.long() - int(bias_labels.min())
-    key = labels.long() * (int(bias.max()) + 1) + bias
-    counts = torch.bincount(key)
-    hits = torch.bincount(key, weights=correct.double())
-    present = counts > 0
-    return float((hits[present] / counts[present]).mean())
 
 
 def _resume_note(resumed_from: int | None, epochs: int) -> str:
@@ -221,21 +126,15 @@ def _resume_note(resumed_from: int | None, epochs: int) -> str:
     return f"; resumed after epoch {resumed_from}"
 
 
-def _to_device(
+def to_device(
     images: Tensor, device: torch.device, memory_format: torch.memory_format | None
 ) -> Tensor:
+    """``images`` on ``device`` (without waiting), in ``memory_format`` if they are a batch of
+    images (4-D)."""
     images = images.to(device, non_blocking=True)
     if memory_format is not None and images.dim() == 4:
         images = images.contiguous(memory_format=memory_format)
     return images
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` (loaded with ``weights_only=True``), or None if there is none."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    return safe_load(path)
 
 
 def train(
@@ -305,39 +204,22 @@ def train(
         objective = Objective(config.loss, config.gce_q)
     loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=cuda)
     identity = {"fingerprint": fingerprint, "config": asdict(config)}
-
-    start, history, best_value, best_state, best_epoch, resumed_from = 0, [], None, None, -1, None
-    # Every other rule's choice, kept alongside (rule -> {"value", "epoch", "state"}); a rule
-    # absent from a resumed checkpoint stays unavailable rather than being guessed.
-    tracked: dict[str, dict[str, Any]] = {rule: {"value": None} for rule in SELECTIONS}
-    state = None
-    if resume and checkpoint is not None:
-        try:
-            state = load_checkpoint(checkpoint)
-        except CorruptFileError as error:
-            raise CorruptFileError(
-                f"{error}. Delete {checkpoint} to restart this stage, or run without --resume."
-            ) from error
-    if state is not None and state.get("identity") != identity:
-        warnings.warn(
-            f"checkpoint {display_path(checkpoint)} was written for another configuration or "
-            "results version; starting this stage from scratch (it will be overwritten).",
-            stacklevel=2,
-        )
-        state = None
+    store = StageCheckpoint(checkpoint, identity) if checkpoint is not None else None
+    tracker = SelectionTracker(config.selection)
+    start, history, resumed_from = 0, [], None
+    state = store.load() if resume and store is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if generator is not None:
             generator.set_state(state["generator"])
-        _set_rng_state(state["rng"])
+        set_global_rng_state(state["rng"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         objective.load_state_dict(state.get("objective") or {})
-        history, best_value = state["history"], state["best_value"]
-        best_state, best_epoch = state["best_state"], state["best_epoch"]
-        tracked = state["tracked"]
+        history = state["history"]
+        tracker.load_state_dict(state)
         start = resumed_from = state["epoch"] + 1
 
     show = progress_enabled(progress)
@@ -359,7 +241,7 @@ def train(
             if stop_after_batches is not None and batches_seen >= stop_after_batches:
                 raise KeyboardInterrupt(f"stopped after {batches_seen} batches (test hook)")
             batches_seen += 1
-            images = _to_device(images, device, memory_format)
+            images = to_device(images, device, memory_format)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 loss, logits = objective(model, images, labels, bias.to(device), index)
@@ -394,42 +276,33 @@ def train(
         )
         history.append(row)
         current = _cpu_state(model)  # a fresh copy, never modified: safe to keep as the best
-        if _is_better(config.selection, row, best_value):
-            best_value = _selection_value(config.selection, row)
-            best_state, best_epoch = current, epoch
-        for rule, kept in tracked.items():
-            if _is_better(rule, row, kept["value"]):
-                kept.update(value=_selection_value(rule, row), epoch=epoch, state=current)
+        tracker.update(row, epoch, current)
         bar.set_postfix(
             train_acc=f"{row['train_accuracy']:.3f}",
             valid_acc=f"{row['valid_accuracy']:.3f}",
             valid_loss=f"{row['valid_loss']:.3f}",
         )
-        if checkpoint is not None:
-            atomic_save(
+        if store is not None:
+            store.save(
                 {
-                    "identity": identity,
                     "epoch": epoch,
                     "finished": epoch == config.epochs - 1,
                     "model": current,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state() if generator is not None else None,
-                    "rng": _rng_state(),
+                    "rng": global_rng_state(),
                     "scaler": scaler.state_dict() if use_amp else None,
                     "objective": objective.state_dict(),
                     "history": history,
-                    "best_value": best_value,
-                    "best_state": best_state,
-                    "best_epoch": best_epoch,
-                    "tracked": tracked,  # states shared with best_state are stored once
-                },
-                checkpoint,
+                    **tracker.state_dict(),
+                }
             )
-    if best_state is None:
+    if tracker.best_state is None:
         bar.finish(None)
         raise CorruptFileError(f"{checkpoint} holds no selected weights; delete it and rerun")
-    model.load_state_dict(best_state)
+    model.load_state_dict(tracker.best_state)
+    best_epoch = tracker.best_epoch
     line = None
     if progress is not False:  # one line per stage, in place of its bar
         kept = history[best_epoch]
@@ -442,88 +315,6 @@ def train(
     bar.finish(line)
     frame = pd.DataFrame(history)
     frame.attrs["best_epoch"] = best_epoch
-    selected = {rule: kept["epoch"] for rule, kept in tracked.items() if "state" in kept}
-    states = {rule: kept["state"] for rule, kept in tracked.items() if "state" in kept}
-    return TrainResult(model, frame, best_epoch, resumed_from, selected, states)
-
-
-def measure_throughput(
-    model: nn.Module,
-    image_shape: tuple[int, int, int],
-    *,
-    batch_size: int = 64,
-    num_classes: int = 2,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-    channels_last: bool = False,
-    steps: int = 5,
-    warmup: int = 2,
-) -> dict[str, float]:
-    """Images per second of ``model`` on ``device``, on random inputs (compute only, no data
-    loading): a training step (forward, backward, optimiser step) and PGD's score pass
-    (eval-mode forward plus the closed-form last-layer norm), each timed over ``steps`` batches
-    after ``warmup`` untimed ones, with CUDA synchronised around the timings.
-
-    The model is trained for a few steps on noise: pass a copy you do not need.
-
-    Returns:
-        ``{"train_images_per_s": ..., "score_images_per_s": ...}``
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if channels_last and cuda else None
-    use_amp = amp and cuda
-    model.to(device)
-    if memory_format is not None:
-        model.to(memory_format=memory_format)
-    images = _to_device(torch.randn(batch_size, *image_shape), device, memory_format)
-    labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    def train_step() -> None:
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            loss = F.cross_entropy(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    def score_step() -> None:
-        batch_last_layer_grad_norms(model, images, labels)
-
-    out = {}
-    for name, step, mode in (("train", train_step, True), ("score", score_step, False)):
-        model.train(mode)
-        for _ in range(warmup):
-            step()
-        sync()
-        began = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        out[f"{name}_images_per_s"] = steps * batch_size / (time.perf_counter() - began)
-    model.eval()
-    return out
-
-
-def estimated_seconds(
-    speed: dict[str, float],
-    *,
-    train_samples: int,
-    eval_samples: int,
-    epochs: int,
-    stages: int,
-) -> float:
-    """Wall time a run should take at the measured ``speed`` (see :func:`measure_throughput`):
-    ``stages`` training stages of ``epochs`` epochs over ``train_samples`` images, a validation
-    pass over ``eval_samples`` images after every epoch, one score pass over the training set.
-    Compute only: data loading and decoding, if slower, come on top."""
-    train = stages * epochs * train_samples / speed["train_images_per_s"]
-    evaluate = stages * epochs * eval_samples / speed["score_images_per_s"]
-    score = train_samples / speed["score_images_per_s"]
-    return train + evaluate + score
+    return TrainResult(
+        model, frame, best_epoch, resumed_from, tracker.selected(), tracker.selected_states()
+    )

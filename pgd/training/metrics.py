@@ -93,6 +93,19 @@ def group_accuracy_table(predictions: Predictions) -> pd.DataFrame:
     return table
 
 
+def group_mean_accuracy(correct: Tensor, labels: Tensor, bias_labels: Tensor) -> float:
+    """Mean accuracy over the (label, bias) groups present; ``(N,)`` tensors. The groups' mean is
+    taken as pandas takes it (their sum over their number, in float64), so this is the same
+    number as :func:`summarize`'s ``group_mean_accuracy`` for the same predictions."""
+    bias = bias_labels.long() - int(bias_labels.min())
+    key = labels.long() * (int(bias.max()) + 1) + bias
+    counts = torch.bincount(key)
+    hits = torch.bincount(key, weights=correct.double())
+    present = counts > 0
+    accuracies = (hits[present] / counts[present]).numpy()
+    return float(accuracies.sum() / len(accuracies))
+
+
 def _accuracy(mask: Tensor, correct: Tensor) -> float:
     return float(correct[mask].float().mean()) if mask.any() else float("nan")
 
@@ -114,7 +127,9 @@ def summarize(predictions: Predictions) -> dict[str, float]:
         "loss": float(predictions.losses.mean()),
         "aligned_accuracy": _accuracy(aligned, correct),
         "conflicting_accuracy": _accuracy(~aligned, correct),
-        "group_mean_accuracy": float(groups["accuracy"].mean()),
+        "group_mean_accuracy": group_mean_accuracy(
+            correct, predictions.labels, predictions.bias_labels
+        ),
         "worst_group_accuracy": float(groups["accuracy"].min()),
         "samples": len(correct),
     }
