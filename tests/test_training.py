@@ -123,6 +123,21 @@ def test_group_mean_accuracy_averages_the_groups_present():
     assert group_mean_accuracy(correct, labels, bias) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
 
 
+def test_group_mean_accuracy_is_the_group_tables_mean_to_the_bit():
+    """The loop's selection rule and the results table read the same number."""
+    from pgd.training.metrics import Predictions, group_accuracy_table, group_mean_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(20, 500, (1,), generator=generator))
+        labels = torch.randint(0, 10, (n,), generator=generator)
+        bias = torch.randint(0, 10, (n,), generator=generator)
+        predicted = torch.where(torch.rand(n, generator=generator) < 0.7, labels, bias)
+        table = group_accuracy_table(Predictions(predicted, labels, bias, torch.zeros(n)))
+        correct = predicted == labels
+        assert group_mean_accuracy(correct, labels, bias) == float(table["accuracy"].mean())
+
+
 def _weights_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -298,3 +313,29 @@ def test_a_folder_written_in_stages_replaces_the_old_one_only_when_complete(tmp_
         (staging / "new.txt").write_text("new")
     assert [p.name for p in folder.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no staging folder left
+
+
+def test_a_cached_value_is_computed_once_and_recomputed_when_damaged_or_stale(tmp_path):
+    from pgd.core.storage import cached
+
+    path, calls, said = tmp_path / "value.pt", [], []
+
+    def compute():
+        calls.append(1)
+        return {"version": 2, "w": torch.arange(3)}
+
+    def read(blob):
+        if blob["version"] != 2:
+            raise CorruptFileError(f"version {blob['version']}")
+        return blob["w"]
+
+    assert torch.equal(cached(path, compute, read), torch.arange(3)) and len(calls) == 1
+    assert torch.equal(cached(path, compute, read), torch.arange(3)) and len(calls) == 1
+    atomic_save({"version": 1, "w": torch.zeros(3)}, path)  # stale: another version
+    assert torch.equal(cached(path, compute, read, stale=said.append), torch.arange(3))
+    path.write_bytes(b"truncated")  # damaged
+    assert torch.equal(cached(path, compute, read, stale=said.append), torch.arange(3))
+    atomic_save({"w": torch.zeros(3)}, path)  # another format: no version at all
+    cached(path, compute, read, stale=said.append)
+    assert len(calls) == 4 and len(said) == 3 and "version 1" in str(said[0])
+    assert torch.equal(safe_load(path)["w"], torch.arange(3))  # the recomputed value was saved

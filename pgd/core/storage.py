@@ -6,14 +6,16 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 
 from .errors import PgdError
+
+T = TypeVar("T")
 
 
 class CorruptFileError(PgdError):
@@ -61,6 +63,33 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise CorruptFileError(
             f"{path} cannot be read ({type(error).__name__}: {error})"
         ) from error
+
+
+def cached(
+    path: str | os.PathLike,
+    compute: Callable[[], Any],
+    read: Callable[[Any], T],
+    *,
+    stale: Callable[[Exception], None] | None = None,
+) -> T:
+    """A value computed once and kept in ``path``.
+
+    The file, where there is one, is loaded with :func:`safe_load` and handed to ``read``, which
+    returns the value or raises (:class:`CorruptFileError`, or the ``KeyError`` / ``TypeError``
+    of a file in another format) when the file is damaged, stale or of another shape. Then, after
+    ``stale(error)`` (a warning, say) where given, ``compute()`` makes what to store, which is
+    saved atomically over the old file and read the same way.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            return read(safe_load(path))
+        except (CorruptFileError, KeyError, TypeError, IndexError, AttributeError) as error:
+            if stale is not None:
+                stale(error)
+    stored = compute()
+    atomic_save(stored, path)
+    return read(stored)
 
 
 def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:

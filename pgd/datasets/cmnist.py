@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from ..core import compat
 from ..core.params import Param
 from ..core.runtime import data_root, notice, print_wrapped
-from ..core.storage import CorruptFileError, atomic_save, safe_load, tensor_checksum
+from ..core.storage import CorruptFileError, cached, tensor_checksum
 from .base import (
     DataRequest,
     DatasetSpec,
@@ -383,27 +383,6 @@ def _cache_path(root: Path, source: str, ratio: float, seed: int, noise_std: flo
     return root / "colored_mnist" / f"{source}_ratio{ratio:g}_seed{seed}_noise{noise_std:g}.pt"
 
 
-def _load_cache(path: Path, expected: dict) -> dict[str, torch.Tensor] | None:
-    """The cached colouring, or None if absent; a damaged or mismatched file is reported."""
-    if not path.exists():
-        return None
-    try:
-        blob = safe_load(path)
-        tensors, meta = blob["tensors"], blob["meta"]
-        if meta != expected:
-            raise CorruptFileError(f"it describes {meta}, expected {expected}")
-        if tensor_checksum(tensors) != blob["checksum"]:
-            raise CorruptFileError("its content does not match its checksum")
-    except (CorruptFileError, KeyError, TypeError, IndexError, AttributeError) as error:
-        warnings.warn(
-            f"Colored MNIST cache {path} is corrupt or stale ({error}); regenerating it from "
-            "the seed instead of using it.",
-            stacklevel=3,
-        )
-        return None
-    return tensors
-
-
 def make_colored_mnist(
     ratio: float,
     *,
@@ -437,11 +416,27 @@ def make_colored_mnist(
         "labels": tensor_checksum({"train": source.train_labels, "test": source.test_labels}),
     }
     path = _cache_path(root, source.source, ratio, seed, noise_std)
-    colours = _load_cache(path, expected)
-    if colours is None:
+
+    def generate() -> dict[str, Any]:
         colours = _generate_colours(source.train_labels, source.test_labels, ratio, seed, noise_std)
-        blob = {"meta": expected, "tensors": colours, "checksum": tensor_checksum(colours)}
-        atomic_save(blob, path)
+        return {"meta": expected, "tensors": colours, "checksum": tensor_checksum(colours)}
+
+    def read(blob: dict[str, Any]) -> dict[str, torch.Tensor]:
+        tensors, meta = blob["tensors"], blob["meta"]
+        if meta != expected:
+            raise CorruptFileError(f"it describes {meta}, expected {expected}")
+        if tensor_checksum(tensors) != blob["checksum"]:
+            raise CorruptFileError("its content does not match its checksum")
+        return tensors
+
+    def stale(error: Exception) -> None:
+        warnings.warn(
+            f"Colored MNIST cache {path} is corrupt or stale ({error}); regenerating it from "
+            "the seed instead of using it.",
+            stacklevel=4,
+        )
+
+    colours = cached(path, generate, read, stale=stale)
     cut = int(len(source.train_labels) * TRAIN_FRACTION)
     images, labels = source.train_images, source.train_labels
     bias, noise = colours["train_bias"], colours["train_noise"]

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..core.runtime import data_root, print_wrapped, progress_enabled
-from ..core.storage import CorruptFileError, atomic_save, safe_load
+from ..core.storage import CorruptFileError, cached
 from .base import DataRequest, DatasetSpec, DataUnavailableError, SplitsDefaults
 from .images import IMAGE_SIZE_OPTION, IMAGENET_MEAN, IMAGENET_STD, read_image
 
@@ -196,19 +196,19 @@ def _decode(folder: Path, rels: list[str], size: int, desc: str) -> Tensor:
 def decode_images(listing: Listing, size: int, root: Path | None = None) -> dict[str, Tensor]:
     """Every split's images, decoded once and cached under the data root (checked on load)."""
     cache = data_root(root) / "folder-cache" / f"{listing.key(size)}.pt"
-    if cache.is_file():
-        try:
-            blob = safe_load(cache)
-            if set(blob) == set(listing.files):
-                return blob
-        except CorruptFileError:
-            pass  # decoded again below
-    decoded = {
-        split: _decode(listing.folder, [rel for rel, _ in rows], size, f"decoding {split}")
-        for split, rows in listing.files.items()
-    }
-    atomic_save(decoded, cache)
-    return decoded
+
+    def decode() -> dict[str, Tensor]:
+        return {
+            split: _decode(listing.folder, [rel for rel, _ in rows], size, f"decoding {split}")
+            for split, rows in listing.files.items()
+        }
+
+    def read(blob: Any) -> dict[str, Tensor]:
+        if set(blob) != set(listing.files):
+            raise CorruptFileError(f"{cache} holds the splits {sorted(blob)}")
+        return blob
+
+    return cached(cache, decode, read)
 
 
 class FolderImages(Dataset):

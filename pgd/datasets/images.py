@@ -28,7 +28,7 @@ from ..core import compat
 from ..core.errors import PgdError
 from ..core.params import Param
 from ..core.runtime import data_root, notice, print_wrapped, progress_enabled
-from ..core.storage import CorruptFileError, atomic_save, safe_load
+from ..core.storage import CorruptFileError, cached
 from .base import DataRequest, SplitsDefaults, batch_loader
 
 #: ImageNet statistics, the normalisation of every ResNet-18 baseline (LfF, DFA, JTT).
@@ -177,21 +177,24 @@ def decode_files(
         stat = os.stat(name)
         digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     cache = data_root(root) / "image-cache" / f"{digest.hexdigest()[:16]}.pt"
-    if cache.is_file():
-        try:
-            pixels = safe_load(cache)
-            if isinstance(pixels, Tensor) and pixels.shape == (len(files), 3, size, size):
-                return pixels
-        except CorruptFileError:
-            pass  # decoded again below
-    steps = pipeline.resize(size)
-    pixels = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    show = progress_enabled()
-    for i, name in enumerate(tqdm(files, desc=desc, unit="image", disable=not show, leave=False)):
-        image = np.asarray(steps(read_image(name)), dtype=np.uint8)
-        pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
-    atomic_save(pixels, cache)
-    return pixels
+
+    def decode() -> Tensor:
+        steps = pipeline.resize(size)
+        pixels = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+        show = progress_enabled()
+        for i, name in enumerate(
+            tqdm(files, desc=desc, unit="image", disable=not show, leave=False)
+        ):
+            image = np.asarray(steps(read_image(name)), dtype=np.uint8)
+            pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
+        return pixels
+
+    def read(pixels: Any) -> Tensor:
+        if not (isinstance(pixels, Tensor) and pixels.shape == (len(files), 3, size, size)):
+            raise CorruptFileError(f"{cache} does not hold {len(files)} images of {size} pixels")
+        return pixels
+
+    return cached(cache, decode, read)
 
 
 def verify_files(files: Sequence[str], full: bool = False, desc: str = "checking images") -> None:
