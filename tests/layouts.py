@@ -139,8 +139,6 @@ def write_folder_layout(
     """An image folder of two classes (a disc or a square on a coloured background, of varied
     sizes and image modes), ``per_class`` images per class and split, ``conflicting`` of them with
     the other class's background; ``bias.csv`` names each background (warm / cool)."""
-    from pgd.datasets.standins import render_stand_in
-
     rng = np.random.default_rng(seed)
     rows = ["path,bias"]
     modes = ("RGB", "RGBA", "L", "P")
@@ -157,3 +155,34 @@ def write_folder_layout(
     if bias_csv:
         (root / "bias.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+#: Background colours of the two bias values (warm, cool): the strong, easy, spurious cue.
+_BIAS_COLOURS = np.array([[0.85, 0.55, 0.40], [0.40, 0.55, 0.85]])
+
+
+def render_stand_in(
+    target: int, bias: int, height: int, width: int, rng: np.random.Generator
+) -> Image.Image:
+    """One synthetic stand-in image.
+
+    The bias attribute sets the background colour (warm or cool, jittered): large and easy.
+    The target attribute sets the shape of a grey object in the middle (a disc for 0, a square
+    for 1), with random size and position: smaller and harder. A network trained on aligned
+    samples can therefore succeed by colour alone, as a biased face classifier succeeds by gender.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    colour = _BIAS_COLOURS[bias] + rng.uniform(-0.08, 0.08, 3)
+    image = np.broadcast_to(colour, (height, width, 3)).copy()
+    side = min(height, width)
+    radius = side * rng.uniform(0.18, 0.26)
+    cy = height / 2 + rng.uniform(-0.12, 0.12) * side
+    cx = width / 2 + rng.uniform(-0.12, 0.12) * side
+    if target == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    else:
+        half = radius * 0.886  # same area as the disc
+        mask = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
+    image[mask] = rng.uniform(0.55, 0.75)
+    image += rng.normal(0.0, 0.05, image.shape)
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))

@@ -717,10 +717,9 @@ def _small_net() -> nn.Module:
 @pytest.fixture
 def fresh_internals(monkeypatch):
     """Each test sees the self-check run again, and its warnings again."""
-    torch_internals.forget_self_check()
+    monkeypatch.setattr(torch_internals, "_CHECKED", {})  # the self-check runs again
     monkeypatch.setattr(fallback, "WARNED", set())
-    yield torch_internals
-    torch_internals.forget_self_check()
+    return torch_internals
 
 
 def _reference(model, x, y):

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from layouts import render_stand_in
 from PIL import Image
 
 from pgd.datasets import bffhq, celeba
@@ -19,7 +20,7 @@ from pgd.datasets.archives import (
     safe_extract,
 )
 from pgd.datasets.images import CorruptImageError, ImageFileDataset, read_image
-from pgd.datasets.standins import STAND_IN_MARKER, render_stand_in, stand_in_folder
+from pgd.datasets.standins import STAND_IN_MARKER, stand_in_folder
 
 
 def _png(path, size=(20, 16)):
@@ -154,7 +155,7 @@ def test_diagnose_download_recognises_a_truncated_zip(tmp_path):
     assert "expected 7" in diagnose_download(full, expected_size=7)
 
 
-def test_render_stand_in_draws_the_bias_as_colour_and_the_target_as_shape():
+def test_the_test_folders_draw_the_bias_as_colour_and_the_target_as_shape():
     rng = np.random.default_rng(0)
     warm = np.asarray(render_stand_in(0, 0, 64, 64, rng), dtype=float)
     cool = np.asarray(render_stand_in(0, 1, 64, 64, rng), dtype=float)

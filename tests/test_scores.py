@@ -10,7 +10,6 @@ from pgd.gradients.scores import (
     batch_last_layer_grad_norms,
     closed_form_grad_norms,
     grad_norm_scores,
-    last_layer_grad_norms,
     per_sample_grad_norms,
     per_sample_grad_norms_loop,
 )
@@ -73,12 +72,12 @@ def test_score_is_near_zero_for_confident_correct_and_large_for_confident_wrong(
 def test_dataset_scores_follow_sample_indices_whatever_the_batch_order(cmnist):
     model = _model("cnn", torch.float32)
     subset = cmnist.train.head(300)
-    sequential = last_layer_grad_norms(model, subset, batch_size=64)
+    sequential = grad_norm_scores(model, subset, batch_size=64, layers="last")
     assert sequential.shape == (300,)
     from pgd.datasets.base import batch_loader
 
     order = torch.randperm(300, generator=torch.Generator().manual_seed(0)).tolist()
-    shuffled = last_layer_grad_norms(model, batch_loader(subset, 50, order))
+    shuffled = grad_norm_scores(model, batch_loader(subset, 50, order), layers="last")
     torch.testing.assert_close(shuffled, sequential)
     x, y, _, _ = subset[[5, 17]]
     with torch.no_grad():
@@ -89,8 +88,8 @@ def test_dataset_scores_follow_sample_indices_whatever_the_batch_order(cmnist):
 def test_scoring_uses_eval_mode_and_restores_training_mode(cmnist):
     model = _model("cnn", torch.float32).train()
     subset = cmnist.train.head(64)
-    first = last_layer_grad_norms(model, subset)
-    second = last_layer_grad_norms(model, subset)  # dropout would make these differ
+    first = grad_norm_scores(model, subset, layers="last")
+    second = grad_norm_scores(model, subset, layers="last")  # dropout would make these differ
     assert model.training
     torch.testing.assert_close(first, second)
 
@@ -99,7 +98,7 @@ def test_scores_work_for_any_model_with_a_last_linear_layer(cmnist):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))
     subset = cmnist.train.head(20)
-    scores = last_layer_grad_norms(model, subset)
+    scores = grad_norm_scores(model, subset, layers="last")
     x, y, _, _ = subset[list(range(20))]
     reference = per_sample_grad_norms(model, x, y, params=["3.weight"])
     torch.testing.assert_close(scores, reference, rtol=1e-5, atol=0)

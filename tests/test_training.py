@@ -13,7 +13,7 @@ from pgd.methods.sampling import importance_sampler
 from pgd.models import build_model
 from pgd.training.checkpoints import load_checkpoint
 from pgd.training.loop import TrainConfig, train
-from pgd.training.objectives import GeneralizedCELoss
+from pgd.training.objectives import GeneralizedCELoss, Objective
 
 CNN_FAST = TrainConfig(epochs=3, batch_size=64, lr=0.02, lr_step=2)
 
@@ -142,6 +142,20 @@ def _weights_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _KilledAfter(Objective):
+    """``CNN_FAST``'s default objective, killed (KeyboardInterrupt) at batch ``batches + 1``."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(CNN_FAST.loss, CNN_FAST.gce_q)
+        self.left = batches
+
+    def __call__(self, *args):
+        if self.left == 0:
+            raise KeyboardInterrupt("killed (test)")
+        self.left -= 1
+        return super().__call__(*args)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_killed_run_resumes_to_identical_weights(cmnist, tmp_path, weighted):
     train_set, valid_set = cmnist.train.head(320), cmnist.valid.head(100)
@@ -171,7 +185,7 @@ def test_killed_run_resumes_to_identical_weights(cmnist, tmp_path, weighted):
             sampler=sampler(),
             checkpoint=tmp_path / "cut.pt",
             progress=False,
-            stop_after_batches=7,
+            objective=_KilledAfter(7),
         )
     assert load_checkpoint(tmp_path / "cut.pt")["epoch"] == 0
     resumed = train(

@@ -58,27 +58,6 @@ class Param:
         return self.check(value) if self.check is not None else value
 
 
-def validate_params(
-    given: Mapping[str, Any], declared: Iterable[Param], owner: str
-) -> dict[str, Any]:
-    """Every declared setting of ``owner``: the given value (checked) or its default.
-
-    Raises:
-        ValueError: a given setting is not declared by ``owner`` (the message lists those that
-            are), or a value fails its check.
-    """
-    params = {p.name: p for p in declared}
-    unknown = sorted(set(given) - set(params))
-    if unknown:
-        have = ", ".join(params) or "none"
-        verb = "is not a setting" if len(unknown) == 1 else "are not settings"
-        raise ValueError(f"{', '.join(unknown)} {verb} of {owner} (its settings: {have})")
-    return {
-        name: param.validate(given[name]) if name in given else param.default
-        for name, param in params.items()
-    }
-
-
 def add_param_options(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     owners: Mapping[str, Iterable[Param]],

@@ -194,30 +194,6 @@ def grad_norm_scores(
     return scores
 
 
-def last_layer_grad_norms(
-    model: nn.Module,
-    data: Dataset | Iterable,
-    *,
-    p: float = 2.0,
-    include_bias: bool = False,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """PGD's official scores: closed-form last-layer norms for every sample of ``data``.
-
-    Same as :func:`grad_norm_scores` with ``layers="last"``.
-    """
-    return grad_norm_scores(
-        model,
-        data,
-        layers="last",
-        p=p,
-        include_bias=include_bias,
-        batch_size=batch_size,
-        device=device,
-    )
-
-
 def per_sample_grad_norms(
     model: nn.Module,
     images: Tensor,

@@ -151,7 +151,6 @@ def train(
     fingerprint: str = "",
     desc: str = "training",
     progress: bool | None = None,
-    stop_after_batches: int | None = None,
     objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, selecting weights on ``valid_set``.
@@ -175,8 +174,6 @@ def train(
             ends (:class:`pgd.core.runtime.StageBar`: a saved notebook keeps the line, not the
             bar); False: silent; None (default): as True, or only the line where
             ``$PGD_PROGRESS`` is 0 (what the committed notebooks show).
-        stop_after_batches: raise KeyboardInterrupt after this many batches in total (to
-            simulate a killed run in tests).
         objective: the per-batch loss (default: ``config.loss`` on ``model(images)``); its state
             is checkpointed and restored with the model's.
 
@@ -223,7 +220,6 @@ def train(
         start = resumed_from = state["epoch"] + 1
 
     show = progress_enabled(progress)
-    batches_seen = 0
     bar = StageBar(
         range(start, config.epochs),
         show=show,
@@ -238,9 +234,6 @@ def train(
         began = time.perf_counter()
         loss_sum, correct, seen = 0.0, torch.zeros((), device=device, dtype=torch.long), 0
         for batch, (images, labels, bias, index) in enumerate(loader):
-            if stop_after_batches is not None and batches_seen >= stop_after_batches:
-                raise KeyboardInterrupt(f"stopped after {batches_seen} batches (test hook)")
-            batches_seen += 1
             images = to_device(images, device, memory_format)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):

@@ -4,7 +4,7 @@ with what happens where it is missing.
 Colab readers get whatever torch Colab ships, not the pinned one; a renamed internal must not
 break scoring, nor change a number. So each internal is looked up once, here:
 
-* needed for the one-pass computation at all (:data:`ONE_PASS_NEEDS`): switching off the
+* needed for the one-pass computation at all (:func:`missing`): switching off the
   operation tracer inside its own bookkeeping (``torch._C.DisableTorchFunction``), a tensor's
   in-place version counter (``Tensor._version``), and torch's pytree helpers
   (``torch.utils._pytree``, or a public ``torch.utils.pytree`` where only that exists). Where
@@ -102,9 +102,6 @@ def missing() -> list[str]:
     return [name for name, present in needs.items() if not present]
 
 
-#: What :func:`missing` checks, for messages and documentation.
-ONE_PASS_NEEDS = ("torch._C.DisableTorchFunction", "Tensor._version", "torch.utils.pytree")
-
 _CHECKED: dict[str, str | None] = {}
 
 
@@ -146,8 +143,3 @@ def _compare_on_a_test_network(one_pass: Callable, reference: Callable) -> str |
     if not torch.allclose(got, want, rtol=1e-9, atol=1e-12):
         return "its per-sample norms differ from torch.func's on a test network"
     return None
-
-
-def forget_self_check() -> None:
-    """Run :func:`self_check` again on its next call (tests that change an internal)."""
-    _CHECKED.clear()
