@@ -15,11 +15,13 @@ from torch.utils.data import Dataset
 from pgd.book.theory import SpuriousProblem
 from pgd.datasets.base import SplitsDefaults, group_ids
 from pgd.experiments.pipeline import ExperimentConfig, run
+from pgd.methods.dfa import DFAObjective, DFAPair
 from pgd.methods.groupdro import GroupDROObjective
 from pgd.methods.jtt import error_set_weights
 from pgd.methods.lff import LfFObjective, LfFPair
 from pgd.methods.registry import METHODS
 from pgd.methods.upsample import group_balanced_weights
+from pgd.models import MLP
 
 
 class SpuriousImages(Dataset):
@@ -72,12 +74,14 @@ def spurious() -> SpuriousSplits:
 
 @pytest.fixture(scope="module")
 def outcomes(spurious) -> dict[str, dict[str, float]]:
-    """Test metrics of every method, smoke profile (with 6 epochs: the MLP needs them)."""
+    """Test metrics of every method, smoke profile (with 6 epochs: the MLP needs them; DFA 20)."""
     out = {}
-    for method in ("vanilla", "lff", "jtt", "upsample", "groupdro", "pgd"):
+    for method in ("vanilla", "lff", "dfa", "jtt", "upsample", "groupdro", "pgd"):
         own = {"jtt_epochs": 1} if method == "jtt" else {}
+        # DFA's feature swap needs steps (the official code: 40,000 of its 50,000): 20 epochs
+        epochs = 20 if method == "dfa" else 6
         config = ExperimentConfig(
-            method=method, model="mlp", profile="smoke", epochs=6, seed=0, **own
+            method=method, model="mlp", profile="smoke", epochs=epochs, seed=0, **own
         )
         out[method] = run(config, data=spurious, checkpoint_dir=None, progress=False).metrics[
             "test"
@@ -91,7 +95,7 @@ def test_vanilla_learns_the_spurious_colour(outcomes):
     assert vanilla["conflicting_accuracy"] < 0.5  # follows the colour where it disagrees
 
 
-@pytest.mark.parametrize("method", ["lff", "jtt", "upsample", "groupdro", "pgd"])
+@pytest.mark.parametrize("method", ["lff", "dfa", "jtt", "upsample", "groupdro", "pgd"])
 def test_every_debiasing_method_raises_unbiased_accuracy_over_vanilla(outcomes, method):
     vanilla, debiased = outcomes["vanilla"], outcomes[method]
     assert debiased["conflicting_accuracy"] > vanilla["conflicting_accuracy"] + 0.2
@@ -154,6 +158,99 @@ def test_lff_weights_follow_relative_difficulty_with_class_normalised_averages()
     assert torch.allclose(objective.relative_difficulty(index, labels), expected, atol=1e-6)
 
 
+def _gce(logits: Tensor, labels: Tensor, q: float = 0.7) -> Tensor:
+    """GCE as DFA's module/loss.py writes it: ``CE * q * p_y^q`` with ``p_y^q`` detached."""
+    p_y = F.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1).detach()
+    return F.cross_entropy(logits, labels, reduction="none") * p_y**q * q
+
+
+def test_dfa_step_matches_a_plain_recomputation():
+    """Two steps on one batch (the second with the feature swap) against the formulas of DFA's
+    train_ours, written out sample by sample."""
+    torch.manual_seed(0)
+    mlp = lambda: MLP(num_classes=3, in_features=5, hidden=4, depth=1)  # noqa: E731
+    pair = DFAPair(mlp(), mlp())
+    weights = {"lambda_dis_align": 10.0, "lambda_swap_align": 3.0, "lambda_swap": 0.5}
+    objective = DFAObjective(8, swap_after=7, ema=0.7, seed=3, **weights)
+    images, labels = torch.randn(8, 5), torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    index = torch.arange(8)
+    history = {"i": [], "b": []}
+    for step in range(2):
+        loss, _ = objective(pair, images, labels, labels, index)
+        z_i, z_b = pair.encoder_i(images), pair.encoder_b(images)
+        logits_i = pair.head_i(torch.cat([z_i, z_b], 1))
+        logits_b = pair.head_b(torch.cat([z_i, z_b], 1))
+        history["i"].append(F.cross_entropy(logits_i, labels, reduction="none").detach())
+        history["b"].append(F.cross_entropy(logits_b, labels, reduction="none").detach())
+        # moving averages: the first visit stores the loss, then 0.7 old + 0.3 new
+        ema = {k: v[0] if step == 0 else 0.7 * v[0] + 0.3 * v[1] for k, v in history.items()}
+        weight = torch.empty(8)
+        for n in range(8):
+            same = labels == labels[n]
+            b, i = ema["b"][n] / ema["b"][same].max(), ema["i"][n] / ema["i"][same].max()
+            weight[n] = b / (b + i + 1e-8)
+        assert torch.allclose(objective.weights(index, labels), weight, atol=1e-6)
+        expected = (history["i"][step] * weight).mean()
+        expected = expected + 10.0 * _gce(logits_b, labels).mean()
+        if step == 1:  # 8 samples seen before it > swap_after: the swap, with its permutation
+            order = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+            swap_i = pair.head_i(torch.cat([z_i, z_b[order]], 1))
+            swap_b = pair.head_b(torch.cat([z_i, z_b[order]], 1))
+            swap = (F.cross_entropy(swap_i, labels, reduction="none") * weight).mean()
+            swap = swap + 3.0 * _gce(swap_b, labels[order]).mean()
+            expected = expected + 0.5 * swap
+        assert torch.allclose(loss, expected, atol=1e-6), step
+
+
+def test_dfa_gradients_follow_its_stop_gradients():
+    """The intrinsic branch learns only from the weighted cross-entropy, the bias branch only from
+    GCE: each head reads the other branch's features without a gradient into them."""
+    torch.manual_seed(0)
+    pair = DFAPair(MLP(3, 5, 4, 1), MLP(3, 5, 4, 1))
+    images, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    gce_only = DFAObjective(
+        6, swap_after=0, lambda_dis_align=1.0, lambda_swap_align=1.0, lambda_swap=1.0
+    )
+    gce_only.weights = lambda index, labels: torch.zeros(len(index))  # no intrinsic loss
+    loss, _ = gce_only(pair, images, labels, labels, torch.arange(6))
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in pair.encoder_i.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in pair.head_i.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in pair.encoder_b.parameters())
+
+
+def test_dfa_puts_its_weight_on_the_conflicting_samples(spurious):
+    """Where the bias is learnt first (colour), the bias branch fails the conflicting samples, so
+    their relative difficulty, DFA's weight, ranks above the aligned samples' (ROC AUC near 1)."""
+    from pgd.training.loop import train
+    from pgd.training.schedules import stage_config
+
+    torch.manual_seed(0)
+    pair, samples = DFAPair(MLP(2), MLP(2)), len(spurious.train)
+    objective = DFAObjective(
+        samples, swap_after=samples, lambda_dis_align=10.0, lambda_swap_align=10.0, lambda_swap=1.0
+    )
+    config = stage_config("mlp", "vanilla", 6)
+    train(pair, spurious.train, spurious.valid, config, objective=objective, progress=False)
+    weights = objective.weights(torch.arange(samples), spurious.train.labels)
+    conflicting = spurious.train.is_conflicting
+    auc = (weights[conflicting][:, None] > weights[~conflicting][None, :]).float().mean()
+    assert auc > 0.99
+    assert weights[conflicting].mean() > 2 * weights[~conflicting].mean()
+
+
+def test_dfa_takes_its_papers_loss_weights_on_each_dataset():
+    cmnist = ExperimentConfig(dataset="cmnist", method="dfa")
+    bffhq = ExperimentConfig(dataset="bffhq", method="dfa")
+    assert cmnist.dfa_lambda_swap == 1.0 and cmnist.dfa_lambda_dis_align == 10.0
+    assert bffhq.dfa_lambda_swap == 0.1 and bffhq.dfa_lambda_dis_align == 2.0
+    assert bffhq.settings == ()  # the paper's values are the defaults there, not choices
+    chosen = ExperimentConfig(dataset="bffhq", method="dfa", dfa_lambda_swap=1.0)
+    assert chosen.dfa_lambda_swap == 1.0 and chosen.name() != bffhq.name()
+    with pytest.raises(ValueError, match="does not declare"):
+        replace(METHODS["dfa"], dataset_settings={"bffhq": {"dfa_lambda": 1.0}})
+
+
 def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
     lff = LfFObjective(num_samples=3)
     lff.loss_b += 2.0
@@ -165,6 +262,16 @@ def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
     other = GroupDROObjective(4, 2)
     other.load_state_dict(dro.state_dict())
     assert torch.equal(other.weights, dro.weights)
+    dfa = DFAObjective(3, swap_after=0, lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1)
+    dfa.loss_i += 1.5
+    dfa.samples_seen = 7
+    dfa.generator.manual_seed(11)
+    copy_of = DFAObjective(3, swap_after=0, lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1)
+    copy_of.load_state_dict(dfa.state_dict())
+    assert torch.equal(copy_of.loss_i, dfa.loss_i) and copy_of.samples_seen == 7
+    assert torch.equal(
+        torch.randperm(5, generator=copy_of.generator), torch.randperm(5, generator=dfa.generator)
+    )
 
 
 @pytest.mark.parametrize(

@@ -74,8 +74,12 @@ def _route(
     return mine
 
 
-def _checked(spec: Any, given: dict[str, Any], declared: tuple) -> dict[str, Any]:
-    values = {p.name: p.validate(given[p.name]) if p.name in given else p.default for p in declared}
+def _checked(
+    spec: Any, given: dict[str, Any], declared: tuple, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    values = {
+        p.name: p.validate(given[p.name]) if p.name in given else defaults[p.name] for p in declared
+    }
     check = getattr(spec, "check_params", None)
     return check(values) if check is not None else values
 
@@ -142,9 +146,11 @@ class ExperimentConfig:
         mine = _settings_of(data_spec, method_spec)
         carried = {k: v for k, v in dict(settings).items() if k not in more and k in mine}
         given_options, given_params = _route({**carried, **more}, data_spec, method_spec)
-        options = _checked(data_spec, given_options, data_spec.options)
-        params = _checked(method_spec, given_params, method_spec.params)
-        defaults = {p.name: p.default for p in (*data_spec.options, *method_spec.params)}
+        option_defaults = {o.name: o.default for o in data_spec.options}
+        param_defaults = method_spec.defaults(data_spec.name)  # its paper's on this dataset
+        options = _checked(data_spec, given_options, data_spec.options, option_defaults)
+        params = _checked(method_spec, given_params, method_spec.params, param_defaults)
+        defaults = option_defaults | param_defaults
         chosen = {**options, **params}
         fix(
             self,
@@ -197,8 +203,8 @@ class ExperimentConfig:
     @property
     def params(self) -> dict[str, Any]:
         """Every setting of the method (declared defaults, with this run's choices)."""
-        chosen = dict(self.settings)
-        return {p.name: chosen.get(p.name, p.default) for p in self.method_spec.params}
+        chosen, defaults = dict(self.settings), self.method_spec.defaults(self.dataset)
+        return {p.name: chosen.get(p.name, defaults[p.name]) for p in self.method_spec.params}
 
     def __getattr__(self, name: str) -> Any:
         # Only for settings; a field not set yet (an object being unpickled) is not looked up.

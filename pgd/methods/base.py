@@ -206,6 +206,9 @@ class MethodSpec:
         grid_settings: settings fixed in the grid (JTT's identification epochs).
         protocols: ``{dataset: Protocol}``, how its paper trains it on those datasets (the
             grid's ``own`` protocol; a dataset missing here runs under the shared one only).
+        dataset_settings: ``{dataset: {setting: value}}``, its paper's values of its own
+            settings on those datasets: the defaults there, under every protocol (DFA's loss
+            weights on BFFHQ).
     """
 
     name: str
@@ -221,6 +224,25 @@ class MethodSpec:
     tuning: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     grid_settings: Mapping[str, Any] = field(default_factory=dict)
     protocols: Mapping[str, Protocol] = field(default_factory=dict)
+    dataset_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        declared = {p.name for p in self.params}
+        for dataset, settings in self.dataset_settings.items():
+            unknown = sorted(set(settings) - declared)
+            if unknown:
+                raise ValueError(
+                    f"method {self.name}: dataset_settings[{dataset!r}] names "
+                    f"{', '.join(unknown)}, which it does not declare (its settings: "
+                    f"{', '.join(sorted(declared)) or 'none'})"
+                )
+
+    def defaults(self, dataset: str | None = None) -> dict[str, Any]:
+        """Its settings' defaults: the declared ones, with its paper's values on ``dataset``
+        (:attr:`dataset_settings`) where it has them."""
+        return {p.name: p.default for p in self.params} | dict(
+            self.dataset_settings.get(dataset or "", {})
+        )
 
     def entries(self) -> tuple[GridEntry, ...]:
         """Its grid entries (one named after it where it declares none)."""

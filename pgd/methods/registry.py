@@ -11,6 +11,8 @@ pgd        batches drawn in proportion to the biased model's per-sample     no
            gradient norms (Ahn et al. 2023)
 lff        a GCE model learns the bias; a second model's loss is weighted   no
            by relative difficulty (Nam et al. 2020)
+dfa        an intrinsic and a GCE bias branch; relative-difficulty weights;    no
+           bias features swapped between samples (Lee et al. 2021)
 jtt        ERM for T epochs, then its error set drawn lambda times as often no
            (Liu et al. 2021)
 upsample   batches drawn so that every (label, bias) group is equally       **yes (oracle)**
@@ -27,12 +29,20 @@ loss) as PGD's debiased model.
 from __future__ import annotations
 
 from ..core.params import lookup, register
-from . import groupdro, jtt, lff, pgd, upsample, vanilla
+from . import dfa, groupdro, jtt, lff, pgd, upsample, vanilla
 from .base import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
-    for spec in (vanilla.SPEC, pgd.SPEC, lff.SPEC, jtt.SPEC, upsample.SPEC, groupdro.SPEC)
+    for spec in (
+        vanilla.SPEC,
+        pgd.SPEC,
+        lff.SPEC,
+        dfa.SPEC,
+        jtt.SPEC,
+        upsample.SPEC,
+        groupdro.SPEC,
+    )
 }
 
 
