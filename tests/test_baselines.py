@@ -20,7 +20,7 @@ from pgd.methods.groupdro import GroupDROObjective
 from pgd.methods.jtt import error_set_weights
 from pgd.methods.lff import LfFObjective, LfFPair
 from pgd.methods.registry import METHODS
-from pgd.methods.upsample import group_balanced_weights
+from pgd.methods.sampling import group_balanced_weights
 from pgd.models import MLP
 
 
@@ -113,9 +113,10 @@ def test_group_ids_and_balanced_weights_give_every_group_equal_mass():
 
 def test_jtt_weights_upweight_exactly_the_error_set():
     correct = torch.tensor([True, False, True, False])
-    assert error_set_weights(correct, 20).tolist() == [1.0, 20.0, 1.0, 20.0]
-    with pytest.raises(ValueError, match="at least 1"):
-        error_set_weights(correct, 0.5)
+    # the official code adds lambda copies of each error: drawn 1 + lambda times as often
+    assert error_set_weights(correct, 20).tolist() == [1.0, 21.0, 1.0, 21.0]
+    with pytest.raises(ValueError, match="at least 0"):
+        error_set_weights(correct, -1)
 
 
 def test_groupdro_step_matches_a_loop_over_groups():
@@ -136,6 +137,57 @@ def test_groupdro_step_matches_a_loop_over_groups():
     weights /= weights.sum()
     assert torch.allclose(objective.weights, weights)
     assert torch.allclose(loss, (weights * group_loss).sum())
+
+
+def test_groupdro_adjustment_shifts_each_groups_update_by_c_over_root_count():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    images, labels = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    bias = torch.randint(0, 2, (12,))
+    counts = torch.tensor([50, 4, 9, 100, 25, 1])
+    objective = GroupDROObjective(6, 2, step=0.5, adjustment=2.0, group_counts=counts)
+    objective(model, images, labels, bias, torch.arange(12))
+    losses = F.cross_entropy(model(images), labels, reduction="none").detach()
+    weights = torch.full((6,), 1 / 6)
+    for g in range(6):
+        members = labels * 2 + bias == g
+        if members.any():  # an absent group's weight is not stepped (official: loss 0)
+            weights[g] *= torch.exp(0.5 * (losses[members].mean() + 2.0 / counts[g] ** 0.5))
+    weights /= weights.sum()
+    assert torch.allclose(objective.weights, weights)
+    with pytest.raises(ValueError, match="training count"):
+        GroupDROObjective(6, 2, adjustment=1.0, group_counts=torch.tensor([3, 0, 1, 1, 1, 1]))
+
+
+def test_groupdro_runs_on_group_balanced_batches_with_its_weight_decay(spurious, monkeypatch):
+    """As the official code runs it: batches drawn group-balanced; ``dro_weight_decay`` replaces
+    the schedule's (the paper's strong l2); ``dro_sampling="uniform"`` draws uniformly."""
+    from pgd.methods import groupdro
+    from pgd.methods.base import Trainer
+    from pgd.methods.sampling import group_balanced_weights
+
+    seen = []
+    monkeypatch.setattr(
+        Trainer, "train_stage", lambda self, *a, **k: seen.append(k) or _Stopped.stop()
+    )
+    for settings in ({}, {"dro_weight_decay": 0.1, "dro_sampling": "uniform"}):
+        trainer = Trainer(spurious, "mlp", 0, 1, params=METHODS["groupdro"].defaults() | settings)
+        with pytest.raises(_Stopped):
+            groupdro.run(trainer)
+    balanced, uniform = seen
+    train = spurious.train
+    expected = group_balanced_weights(train.labels, train.bias_labels, 2)
+    probabilities = balanced["sampler"].weights
+    assert torch.allclose(probabilities, expected / expected.sum()) and balanced["changes"] is None
+    assert uniform["sampler"] is None and uniform["changes"] == {"weight_decay": 0.1}
+    name = ExperimentConfig(method="groupdro", dro_weight_decay=0.1, dro_adjustment=2).name()
+    assert name.endswith("eta0.01-C2-wd0.1")
+
+
+class _Stopped(Exception):
+    @staticmethod
+    def stop():
+        raise _Stopped
 
 
 def test_lff_weights_follow_relative_difficulty_with_class_normalised_averages():
@@ -277,7 +329,7 @@ def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
 @pytest.mark.parametrize(
     ("method", "field", "value", "message"),
     [
-        ("jtt", "jtt_upweight", 0.5, "lambda"),
+        ("jtt", "jtt_upweight", -0.5, "lambda"),
         ("jtt", "jtt_epochs", 0, "jtt_epochs"),
         ("groupdro", "dro_step", 0.0, "step size"),
         ("lff", "lff_ema", 1.0, "ema"),

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..core.runtime import code_fingerprint
 from ..core.storage import atomic_write_text
+from ..methods.base import format_setting
 from .grid import Cell, grid_entries
 
 #: Method diagnostics copied into the results table (JTT's error set; empty for the others).
@@ -33,7 +34,7 @@ def result_rows(cell: Cell, result: Any, seconds: float) -> list[dict[str, Any]]
         "label": grid_entries()[1][cell.method],
         "oracle": config.is_oracle,
         "seed": config.seed,
-        "hparams": ", ".join(f"{k}={v:g}" for k, v in hparams.items()),
+        "hparams": ", ".join(f"{k}={format_setting(v)}" for k, v in hparams.items()),
         "schedule": config.profile_spec.name,
         "profile": config.profile_spec.name,
         "epochs": config.stage_epochs(result.data["train_samples"]),

@@ -11,7 +11,7 @@ and resume. A method never reads the experiment's configuration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,16 @@ from ..training.loop import TrainResult, train
 from ..training.objectives import Objective
 from ..training.schedules import stage_config
 from .sampling import importance_sampler
+
+
+def format_setting(value: Any) -> str:
+    """A setting's value as run names and result tables write it: numbers in their shortest form
+    (``0.01``, ``50``), None (left to the schedule) as ``default``, anything else as text."""
+    if value is None:
+        return "default"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
 
 
 def _no_identity(stage: str) -> str:
@@ -99,15 +109,18 @@ class Trainer:
         objective: Objective | None = None,
         epochs: int | None = None,
         kind: str | None = None,
+        changes: Mapping[str, Any] | None = None,
     ) -> TrainResult:
         """Train ``model`` as stage ``stage`` with its checkpoint ``<stage>.pt``; ``kind``
         (default: ``stage``) picks the schedule of :func:`pgd.training.schedules.stage_config`;
-        ``epochs`` (default: the trainer's) the stage's length."""
+        ``epochs`` (default: the trainer's) the stage's length; ``changes`` replace fields of
+        that schedule (GroupDRO's strong weight decay)."""
+        config = stage_config(self.model, kind or stage, epochs or self.epochs)
         return train(
             model,
             self.data.train,
             self.data.valid,
-            stage_config(self.model, kind or stage, epochs or self.epochs),
+            replace(config, **changes) if changes else config,
             seed=self.seed,
             sampler=sampler,
             device=self.device,
@@ -260,4 +273,8 @@ class MethodSpec:
         """Its part of a run's name."""
         if self.name_parts is not None:
             return self.name_parts(params)
-        return [f"{tag}{value:g}" for tag, value in self.hparams(params).items()]
+        return [
+            f"{tag}{format_setting(value)}"
+            for tag, value in self.hparams(params).items()
+            if value is not None  # a setting left to the schedule names nothing
+        ]

@@ -11,13 +11,14 @@ pgd        batches drawn in proportion to the biased model's per-sample     no
            gradient norms (Ahn et al. 2023)
 lff        a GCE model learns the bias; a second model's loss is weighted   no
            by relative difficulty (Nam et al. 2020)
-dfa        an intrinsic and a GCE bias branch; relative-difficulty weights;    no
+dfa        an intrinsic and a GCE bias branch; relative-difficulty weights; no
            bias features swapped between samples (Lee et al. 2021)
-jtt        ERM for T epochs, then its error set drawn lambda times as often no
-           (Liu et al. 2021)
+jtt        ERM for T epochs, then its error set drawn 1 + lambda times as   no
+           often (Liu et al. 2021)
 upsample   batches drawn so that every (label, bias) group is equally       **yes (oracle)**
            likely
-groupdro   the worst groups' loss up-weighted online (Sagawa et al. 2020)   **yes (oracle)**
+groupdro   the worst groups' loss up-weighted online, on group-balanced     **yes (oracle)**
+           batches (Sagawa et al. 2020)
 ========== ================================================================ ===================
 
 Methods that read bias labels of the training set are *oracles*: they show what knowing the bias

@@ -1,4 +1,5 @@
-"""PGD's step 3 sampling: importance-batch sampling with replacement, from the scores.
+"""Sampling of the methods that draw batches unevenly: PGD's importance-batch sampling with
+replacement (step 3), from the scores, and the oracles' group-balanced weights.
 
 Sample ``i`` is drawn with probability ``p_i = s_i / sum_j s_j``; an epoch is ``N`` independent
 draws (``N`` = number of training samples), so a sample of high score appears several times per
@@ -15,6 +16,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import WeightedRandomSampler
+
+from ..datasets.base import group_ids
 
 
 def sampling_probabilities(scores: Tensor) -> Tensor:
@@ -153,3 +156,11 @@ def small_sample_warning(diagnostics: dict) -> str | None:
         f"about {n / ess:.0f} times an epoch): the resampled model will mostly see the same few "
         "images again and again. Look at them before trusting its accuracy."
     )
+
+
+def group_balanced_weights(labels: Tensor, bias_labels: Tensor, num_bias: int) -> Tensor:
+    """``(N,)`` sampling weights ``1 / |group|``: every present (label, bias) group is drawn
+    equally often (upsampling by group; needs bias labels: an oracle)."""
+    groups = group_ids(labels, bias_labels, num_bias)
+    sizes = torch.bincount(groups)
+    return 1.0 / sizes[groups].double()

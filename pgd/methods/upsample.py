@@ -3,19 +3,8 @@ training bias labels: an oracle, showing what knowing the bias is worth."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from ..datasets.base import group_ids
 from .base import MethodOutcome, MethodSpec, Trainer
-
-
-def group_balanced_weights(labels: Tensor, bias_labels: Tensor, num_bias: int) -> Tensor:
-    """``(N,)`` sampling weights ``1 / |group|``: every present (label, bias) group is drawn
-    equally often (upsampling by group; needs bias labels: an oracle)."""
-    groups = group_ids(labels, bias_labels, num_bias)
-    sizes = torch.bincount(groups)
-    return 1.0 / sizes[groups].double()
+from .sampling import group_balanced_weights
 
 
 def run(trainer: Trainer) -> MethodOutcome:
