@@ -97,3 +97,27 @@ def test_a_plan_needs_a_seed_and_names_every_cell_by_what_it_runs():
     keys = [c.key for p in plan for c in p.candidates]
     assert len(keys) == len(set(keys))  # no two cells share a checkpoint
     assert grid.grid_entries()[0]["jtt"]["method"] == "jtt"
+
+
+def test_the_total_budget_gives_one_stage_methods_pgds_epochs_in_all():
+    plan = plan_grid(
+        "cmnist",
+        **(PLAN | {"methods": ["vanilla", "pgd"], "ratios": [0.01], "schedules": ["full"]}),
+        budgets=["stage", "total"],
+    )
+    epochs = {(p.budget, p.method): p.candidates[0].config.stage_epochs() for p in plan}
+    assert epochs == {
+        ("stage", "vanilla"): 100,
+        ("stage", "pgd"): 100,  # two stages of 100: 200 epochs in all
+        ("total", "vanilla"): 200,
+        ("total", "pgd"): 100,
+    }
+    same = {p.candidates[0].key for p in plan if p.method == "pgd"}
+    assert len(same) == 1  # PGD is the same run under both budgets, read back, not rerun
+    vanilla = {p.candidates[0].key for p in plan if p.method == "vanilla"}
+    assert len(vanilla) == 2
+
+
+def test_a_total_budget_of_one_stage_methods_alone_changes_nothing():
+    plan = plan_grid("cmnist", **(PLAN | {"methods": ["vanilla"]}), budgets=["stage", "total"])
+    assert len({p.candidates[0].key for p in plan}) == 2  # the two ratios, each run once

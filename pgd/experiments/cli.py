@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated",
     )
     c.add_argument(
+        "--budget",
+        default="stage",
+        help="stage (every training stage the schedule's epochs: PGD, with two stages, trains "
+        "twice as long) and/or total (every method as many epochs in all as PGD), "
+        "comma-separated",
+    )
+    c.add_argument(
         "--selection",
         default="valid_loss",
         help="model-selection rules to report, comma-separated, or all: "
@@ -336,6 +343,7 @@ def _compare(args: argparse.Namespace) -> int:
         schedules=args.schedules,
         protocols=args.protocols,
         selections=args.selection,
+        budgets=args.budget,
         **_dataset_options(args),
     )
     results = grid.results
@@ -343,14 +351,15 @@ def _compare(args: argparse.Namespace) -> int:
     seeds = results["seed"].nunique()
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
     print(f"\nunbiased test accuracy (%), {spread}; {first['dataset']}, {first['source']} data")
-    for (schedule, protocol, rule), part in results.groupby(
-        ["schedule", "protocol", "selection"], sort=False
+    for (schedule, budget, protocol, rule), part in results.groupby(
+        ["schedule", "budget", "protocol", "selection"], sort=False
     ):
         epochs = ", ".join(map(str, sorted(part["epochs"].unique())))
         models = ", ".join(part["model"].unique())
+        budget_text = "" if budget == "stage" else ", PGD's total epochs for every method"
         print(
-            f"\nschedule {schedule} ({epochs} epochs per stage), protocol {protocol} "
-            f"({models}), selection {rule}"
+            f"\nschedule {schedule} ({epochs} epochs per stage{budget_text}), protocol "
+            f"{protocol} ({models}), selection {rule}"
             + (
                 " (an oracle rule: it reads the validation split's bias labels)"
                 if part["selection_oracle"].iloc[0]
@@ -359,11 +368,12 @@ def _compare(args: argparse.Namespace) -> int:
         )
         print(summary_table(part, "accuracy").to_string())
     print("\nwall time per run (s), mean over seeds and schedules")
-    print(wall_time_table(results, protocol=first["protocol"]).to_string())
+    print(wall_time_table(results, protocol=first["protocol"], budget="stage").to_string())
     if not grid.tuning.empty:
         chosen = grid.tuning[grid.tuning["chosen"]]
         print("\nhyper-parameters chosen on the validation split (first seed)")
-        columns = ["method", "ratio", "schedule", "protocol", "hparams", SELECTION_METRIC]
+        columns = ["method", "ratio", "schedule", "budget", "protocol", "hparams"]
+        columns.append(SELECTION_METRIC)
         print(chosen[columns].to_string(index=False))
     print("\noracles read the training set's bias labels; the other methods do not")
     full = first.get("full_dataset")

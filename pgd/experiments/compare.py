@@ -47,6 +47,7 @@ from ..training.selection import SELECTIONS
 from . import grid as _grid
 from .config import ExperimentConfig
 from .grid import (
+    BUDGETS,
     PROTOCOLS,
     Cell,
     grid_entries,
@@ -72,6 +73,7 @@ from .tables import (
 )
 
 __all__ = [
+    "BUDGETS",
     "DIMENSIONS",
     "EXTRA_COLUMNS",
     "PROTOCOLS",
@@ -152,6 +154,21 @@ def _dataset_options(
     return given
 
 
+def _train_samples(
+    dataset: str,
+    common: dict[str, Any],
+    schedules: Sequence[str],
+    data_root: str | os.PathLike | None,
+) -> int | None:
+    """The training set's size where a schedule's epochs depend on it (a profile bounded by
+    work), for the ``total`` budget; None where none does."""
+    sized = [s for s in schedules if get_profile(s).work is not None]
+    if not sized:
+        return None
+    config = ExperimentConfig(dataset=dataset, profile=sized[0], **common)
+    return len(load_data(config, root=data_root).train)
+
+
 def run_grid(
     *,
     dataset: str = "cmnist",
@@ -169,6 +186,7 @@ def run_grid(
     schedules: Sequence[str] | str | None = None,
     protocols: Sequence[str] | str = "shared",
     selections: Sequence[str] | str = "valid_loss",
+    budgets: Sequence[str] | str = "stage",
     **options: Any,
 ) -> GridResult:
     """Run (or resume) the grid and write ``results.csv`` and ``tuning.csv`` into ``out``.
@@ -195,6 +213,9 @@ def run_grid(
         protocols: ``shared`` (every method with the dataset's network and schedule) and/or
             ``own`` (each method's published protocol, its spec's ``protocols``; methods without
             one are left out of it).
+        budgets: ``stage`` and/or ``total`` (:data:`~pgd.experiments.grid.BUDGETS`): the
+            schedule's epochs per training stage, or as many epochs in all as the method of most
+            stages (PGD's two); a column ``budget`` of the results.
         selections: model-selection rules to report (``all`` or names from
             :data:`pgd.training.selection.SELECTIONS`; default: the stages' own rule, validation
             loss): each run is evaluated with the weights every rule chose on the validation
@@ -221,6 +242,7 @@ def run_grid(
         else [get_profile(profile).name]
     )
     protocol_list = parse_choices(protocols, PROTOCOLS, "protocol")
+    budget_list = parse_choices(budgets, BUDGETS, "budget")
     rules = parse_selections(selections)  # the rows asked for, in this order
     folder = Path(out)
     cells_dir = folder / "cells"
@@ -237,6 +259,10 @@ def run_grid(
         settings=common,
         model=model,
         tune=tune,
+        budgets=budget_list,
+        train_samples=_train_samples(dataset, common, schedule_list, data_root)
+        if "total" in budget_list and epochs is None
+        else None,
     )
     total = planned_runs(plan, seed_list)
     show = progress_enabled(progress)
@@ -268,7 +294,7 @@ def run_grid(
                 computed += 1
             records[cell.key] = rows
         bar.update(1)
-        return [r | {"protocol": cell.protocol} for r in records[cell.key]]
+        return [r | {"protocol": cell.protocol, "budget": cell.budget} for r in records[cell.key]]
 
     def asked(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [by_rule(found, rule) for rule in rules]
@@ -287,7 +313,7 @@ def run_grid(
             if len(candidates) > 1:
                 for i, found in enumerate(tried):
                     record = by_rule(found, "valid_loss")
-                    keys = ("dataset", "ratio", "method", "seed", "schedule", "protocol")
+                    keys = ("dataset", "ratio", "method", "seed", "schedule", "budget", "protocol")
                     tuning_rows.append(
                         {k: record[k] for k in (*keys, "hparams", "run")}
                         | {SELECTION_METRIC: scores[i], "chosen": i == best}
@@ -295,7 +321,8 @@ def run_grid(
             chosen = candidates[best]
             for seed in seed_list:
                 config = replace(chosen.config, seed=seed, data_seed=None)
-                rows.extend(asked(execute(Cell(planned.method, config, chosen.protocol))))
+                cell = Cell(planned.method, config, chosen.protocol, chosen.budget)
+                rows.extend(asked(execute(cell)))
             write_tables(folder, rows, tuning_rows)
     finally:
         bar.close()

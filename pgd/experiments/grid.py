@@ -70,6 +70,10 @@ def parse_ratios(text: str | Iterable[float] | None) -> list[float | None]:
 
 
 PROTOCOLS = ("shared", "own")
+#: Training budgets: ``stage`` gives every training stage the schedule's epochs (PGD, with two
+#: stages, trains twice as long as a one-stage method); ``total`` gives every method as many
+#: epochs in all as the method of most stages in the grid.
+BUDGETS = ("stage", "total")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Cell:
     method: str
     config: ExperimentConfig
     protocol: str = "shared"
+    budget: str = "stage"
 
     @property
     def key(self) -> str:
@@ -128,6 +133,7 @@ class PlannedMethod:
     method: str
     protocol: str
     candidates: tuple[Cell, ...]
+    budget: str = "stage"
 
 
 def plan_grid(
@@ -141,8 +147,11 @@ def plan_grid(
     settings: Mapping[str, Any],
     model: str | None = None,
     tune: bool = True,
+    budgets: Sequence[str] = ("stage",),
+    train_samples: int | None = None,
 ) -> list[PlannedMethod]:
-    """The grid's searches in the order they run: schedules, then protocols, ratios and methods.
+    """The grid's searches in the order they run: schedules, then budgets, protocols, ratios and
+    methods.
 
     Pure: it reads the registries and builds configurations, and runs, loads and writes nothing.
 
@@ -156,28 +165,40 @@ def plan_grid(
             default); the ``own`` protocol takes each method's published one on ``dataset`` and
             leaves out methods that have none.
         tune: give each method the candidates of its spec's ``tuning`` (False: its defaults).
+        budgets: :data:`BUDGETS`; under ``total`` a method of ``k`` stages trains
+            ``most / k`` times the schedule's epochs per stage, where ``most`` is the largest
+            number of stages among ``methods`` (a method that already has the most is the same
+            run under both budgets).
+        train_samples: the training set's size, which sets the schedule's epochs under a
+            profile bounded by work (needed for the ``total`` budget without ``epochs``).
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
     entries = grid_entries()[0]
+    specs = {method: METHODS[entries[method]["method"]] for method in methods}
+    most = max((spec.stages for spec in specs.values()), default=1)
     planned: list[PlannedMethod] = []
     for schedule in schedules:
-        for protocol in protocols:
-            for ratio in ratios:
-                for method in methods:
-                    spec = METHODS[entries[method]["method"]]
-                    base = {**settings, "profile": schedule}
-                    if protocol == "shared":
-                        if model is not None:
-                            base["model"] = model
-                    elif dataset in spec.protocols:
-                        base.update(spec.protocols[dataset].fields)
-                    else:
-                        continue  # no published protocol of its own for this dataset
-                    first = entry_config(method, dataset, ratio, seeds[0], base)
-                    configs = candidates(first) if tune else [first]
-                    cells = tuple(Cell(method, c, protocol) for c in configs)
-                    planned.append(PlannedMethod(method, protocol, cells))
+        for budget in budgets:
+            for protocol in protocols:
+                for ratio in ratios:
+                    for method in methods:
+                        spec = specs[method]
+                        base = {**settings, "profile": schedule}
+                        if protocol == "shared":
+                            if model is not None:
+                                base["model"] = model
+                        elif dataset in spec.protocols:
+                            base.update(spec.protocols[dataset].fields)
+                        else:
+                            continue  # no published protocol of its own for this dataset
+                        first = entry_config(method, dataset, ratio, seeds[0], base)
+                        if budget == "total" and most > spec.stages:
+                            per_stage = first.stage_epochs(train_samples)
+                            first = replace(first, epochs=per_stage * most // spec.stages)
+                        configs = candidates(first) if tune else [first]
+                        cells = tuple(Cell(method, c, protocol, budget) for c in configs)
+                        planned.append(PlannedMethod(method, protocol, cells, budget))
     return planned
 
 

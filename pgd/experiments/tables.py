@@ -103,7 +103,7 @@ def load_results(folder: str | os.PathLike) -> pd.DataFrame:
 
 #: Columns of the results that are grid dimensions besides method, dataset, ratio and seed: a
 #: table of means must fix each of them to one value.
-DIMENSIONS = ("schedule", "protocol", "selection")
+DIMENSIONS = ("schedule", "budget", "protocol", "selection")
 
 
 def select(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
@@ -129,7 +129,7 @@ def select(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
 def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) -> pd.DataFrame:
     """``mean +- std`` over seeds of ``metric``: one row per method (in grid order, oracles
     last), one column per (dataset, ratio); the sample standard deviation (ddof 1). ``where``
-    fixes the other dimensions (``schedule``, ``protocol``, ``selection``).
+    fixes the other dimensions (``schedule``, ``budget``, ``protocol``, ``selection``).
 
     Raises:
         ValueError: the rows left still span several values of a dimension (say which).
@@ -159,8 +159,11 @@ def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any)
 
 
 def setting_label(row: Mapping[str, Any]) -> str:
-    """How tables name a training setting: ``full, shared, last`` (schedule, protocol, rule)."""
-    return f"{row['schedule']}, {row['protocol']}, {row['selection']}"
+    """How tables name a training setting: ``full, shared, last`` (schedule, protocol, rule),
+    with ``, total budget`` where the run had PGD's total number of epochs."""
+    budget = row.get("budget", "stage")
+    extra = f", {budget} budget" if isinstance(budget, str) and budget != "stage" else ""
+    return f"{row['schedule']}, {row['protocol']}, {row['selection']}{extra}"
 
 
 def setting_table(

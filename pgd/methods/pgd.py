@@ -142,4 +142,5 @@ SPEC = MethodSpec(
     protocols={
         "cmnist": Protocol({}, "PGD's official code: the shared protocol (small CNN, SGD)"),
     },
+    stages=2,  # the biased model, then the debiased one, each the schedule's length
 )
