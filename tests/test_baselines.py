@@ -303,6 +303,59 @@ def test_dfa_takes_its_papers_loss_weights_on_each_dataset():
         replace(METHODS["dfa"], dataset_settings={"bffhq": {"dfa_lambda": 1.0}})
 
 
+def test_rebias_hsic_is_the_u_statistic_over_distinct_quadruples():
+    """The unbiased HSIC (Song et al., 2012) equals the mean over ordered quadruples of distinct
+    samples of ``k_ij l_ij + k_ij l_qr - 2 k_ij l_iq``, written out with loops."""
+    import itertools
+
+    from pgd.methods.rebias import rbf_kernel, unbiased_hsic
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    y = x[:, :2] ** 2 + 0.3 * torch.randn(7, 2, generator=generator, dtype=torch.float64)
+    k, l_ = rbf_kernel(x, 1.5), rbf_kernel(y, 0.8)
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(7), 4):
+        total += k[i, j] * l_[i, j] + k[i, j] * l_[q, r] - 2 * k[i, j] * l_[i, q]
+        count += 1
+    assert torch.allclose(unbiased_hsic(x, y, 1.5, 0.8), total / count)
+    with pytest.raises(ValueError, match="at least 4"):
+        unbiased_hsic(x[:3], y[:3])
+
+
+def test_rebias_steps_g_against_hsic_then_returns_fs_loss_with_g_after_its_step():
+    from pgd.methods.rebias import ReBiasObjective, ReBiasPair, unbiased_hsic
+
+    torch.manual_seed(0)
+    pair = ReBiasPair(MLP(3, 5, 4, 1), MLP(3, 5, 4, 1))
+    before = copy.deepcopy(pair)
+    g_optimizer = torch.optim.SGD(pair.g_parameters(), lr=0.1)
+    objective = ReBiasObjective(g_optimizer, None, epoch_size=8, lam=2.0, lam_g=0.5)
+    images, labels = torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loss, logits = objective(pair, images, labels, labels, torch.arange(8))
+    # g's step, by hand: one SGD step on CE(g) - 0.5 HSIC(z_g, z_f)
+    z_f = before.encoder_f(images).detach()
+    z_g = before.encoder_g(images)
+    loss_g = F.cross_entropy(before.head_g(z_g), labels) - 0.5 * unbiased_hsic(z_g, z_f)
+    grads = torch.autograd.grad(loss_g, before.g_parameters())
+    for new, old, grad in zip(pair.g_parameters(), before.g_parameters(), grads, strict=True):
+        assert torch.allclose(new, old - 0.1 * grad, atol=1e-6)
+    assert all(p.grad is None for p in pair.g_parameters())  # f's step will not move g
+    expected = F.cross_entropy(logits, labels) + 2.0 * unbiased_hsic(
+        pair.encoder_f(images), pair.encoder_g(images)
+    )
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in pair.g_parameters())
+    assert torch.equal(pair.head_f.weight, before.head_f.weight)  # only the loop steps f
+
+
+def test_rebias_is_told_the_bias_kind_per_dataset():
+    assert ExperimentConfig(dataset="cmnist", method="rebias").rebias_bias_model == "pixel"
+    assert ExperimentConfig(dataset="bffhq", method="rebias").rebias_bias_model == "patch"
+    assert METHODS["rebias"].bias_prior and not METHODS["rebias"].reads_bias_labels
+
+
 def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
     lff = LfFObjective(num_samples=3)
     lff.loss_b += 2.0

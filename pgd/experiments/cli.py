@@ -433,6 +433,8 @@ def _list(args: argparse.Namespace) -> int:
     print("methods")
     for spec in METHODS.values():
         labels = "reads bias labels (oracle)" if spec.oracle else "reads no bias labels"
+        if spec.bias_prior:
+            labels += f", is told {spec.bias_prior}"
         source = f" ({spec.source})" if spec.source else ""
         print(f"  {spec.name:9s} {labels}; {spec.changes}{source}")
     return 0

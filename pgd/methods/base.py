@@ -222,6 +222,8 @@ class MethodSpec:
         dataset_settings: ``{dataset: {setting: value}}``, its paper's values of its own
             settings on those datasets: the defaults there, under every protocol (DFA's loss
             weights on BFFHQ).
+        bias_prior: what it is told about the bias instead of bias labels (ReBias: the
+            family of a network that can see only the bias); empty for methods told nothing.
         stages: how many training stages of the schedule's length it trains one after the
             other (PGD: 2, its biased and its debiased model); the grid's ``total`` budget gives
             a method of fewer stages as many epochs in all.
@@ -241,6 +243,7 @@ class MethodSpec:
     grid_settings: Mapping[str, Any] = field(default_factory=dict)
     protocols: Mapping[str, Protocol] = field(default_factory=dict)
     dataset_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    bias_prior: str = ""
     stages: int = 1
 
     def __post_init__(self) -> None:

@@ -13,6 +13,8 @@ lff        a GCE model learns the bias; a second model's loss is weighted   no
            by relative difficulty (Nam et al. 2020)
 dfa        an intrinsic and a GCE bias branch; relative-difficulty weights; no
            bias features swapped between samples (Lee et al. 2021)
+rebias     features made independent (HSIC) of a network that can see only no (told the
+           the bias's kind (Bahng et al. 2020)                              bias's kind)
 jtt        ERM for T epochs, then its error set drawn 1 + lambda times as   no
            often (Liu et al. 2021)
 upsample   batches drawn so that every (label, bias) group is equally       **yes (oracle)**
@@ -30,7 +32,7 @@ loss) as PGD's debiased model.
 from __future__ import annotations
 
 from ..core.params import lookup, register
-from . import dfa, groupdro, jtt, lff, pgd, upsample, vanilla
+from . import dfa, groupdro, jtt, lff, pgd, rebias, upsample, vanilla
 from .base import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
@@ -40,6 +42,7 @@ METHODS: dict[str, MethodSpec] = {
         pgd.SPEC,
         lff.SPEC,
         dfa.SPEC,
+        rebias.SPEC,
         jtt.SPEC,
         upsample.SPEC,
         groupdro.SPEC,

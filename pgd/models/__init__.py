@@ -6,6 +6,7 @@ only :mod:`pgd.core`; the names below are re-exported for ``from pgd.models impo
 from .networks import (
     MLP,
     MODELS,
+    LocalCNN,
     NetworkParts,
     SmallCNN,
     TinyViT,
@@ -18,6 +19,7 @@ from .networks import (
 __all__ = [
     "MLP",
     "MODELS",
+    "LocalCNN",
     "NetworkParts",
     "SmallCNN",
     "TinyViT",

@@ -75,6 +75,33 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class LocalCNN(nn.Module):
+    """A network that sees only small patches, for ReBias's bias-capturing model: four
+    convolution blocks (16, 32, 64, 128 channels, each with BatchNorm and ReLU) at full
+    resolution, of which only the first has a kernel larger than 1 x 1, then global average
+    pooling and a linear layer. Its receptive field is the first kernel, ``kernel_size`` pixels:
+    with 1 (ReBias's Colored MNIST model, ``SimpleConvNet(kernel_size=1)``) it sees colour and no
+    shape; with a few pixels, local texture (the role of ReBias's BagNet on images).
+
+    Input ``(B, C, H, W)``, features ``(B, 128)``, output ``(B, num_classes)`` logits.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, kernel_size: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i, width in enumerate((16, 32, 64, 128)):
+            k = kernel_size if i == 0 else 1
+            layers += [nn.Conv2d(channels, width, k, padding=k // 2), nn.BatchNorm2d(width)]
+            layers.append(nn.ReLU())
+            channels = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
 def resnet18(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
     """torchvision's ResNet-18 with ``num_classes`` outputs: randomly initialised (``weights=None``,
     the default, as DFA and LfF train it), or from torchvision's ImageNet weights
@@ -213,7 +240,7 @@ def network_parts(model: nn.Module) -> NetworkParts:
     features, head = getattr(model, "features", None), getattr(model, "classifier", None)
     if isinstance(features, nn.Module) and isinstance(head, nn.Linear):
         forward = type(model).forward
-        if forward in (MLP.forward, SmallCNN.forward):
+        if forward in (MLP.forward, SmallCNN.forward, LocalCNN.forward):
             return NetworkParts(features, head)
     torchvision = compat.import_torchvision()
     if isinstance(model, torchvision.models.ResNet) and type(model).forward is (

@@ -103,7 +103,8 @@ class TrainResult:
     selected_states: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, over ``model``'s parameters."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
@@ -112,6 +113,15 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
             weight_decay=config.weight_decay,
         )
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.StepLR:
+    """``config``'s learning-rate schedule, stepped once per epoch: ``lr_gamma`` every
+    ``lr_step`` epochs (never, where ``lr_step`` is None)."""
+    step = config.lr_step if config.lr_step else config.epochs + 1
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -191,9 +201,8 @@ def train(
         model.to(memory_format=memory_format)
     use_amp = config.amp and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    optimizer = _make_optimizer(model, config)
-    step = config.lr_step if config.lr_step else config.epochs + 1
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
     if sampler is None:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
     generator: torch.Generator | None = getattr(sampler, "generator", None)
