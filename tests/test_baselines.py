@@ -155,8 +155,10 @@ def test_groupdro_adjustment_shifts_each_groups_update_by_c_over_root_count():
             weights[g] *= torch.exp(0.5 * (losses[members].mean() + 2.0 / counts[g] ** 0.5))
     weights /= weights.sum()
     assert torch.allclose(objective.weights, weights)
-    with pytest.raises(ValueError, match="training count"):
-        GroupDROObjective(6, 2, adjustment=1.0, group_counts=torch.tensor([3, 0, 1, 1, 1, 1]))
+    with pytest.raises(ValueError, match="counts"):
+        GroupDROObjective(6, 2, adjustment=1.0)
+    empty = GroupDROObjective(6, 2, adjustment=1.0, group_counts=torch.tensor([4, 0, 1, 1, 1, 1]))
+    assert empty.shift.tolist() == [0.5, 0.0, 1.0, 1.0, 1.0, 1.0]  # an empty group is never stepped
 
 
 def test_groupdro_runs_on_group_balanced_batches_with_its_weight_decay(spurious, monkeypatch):

@@ -3,6 +3,8 @@ interrupted grid that resumes without recomputing finished cells."""
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 import pytest
 from layouts import write_bffhq_layout
@@ -45,6 +47,11 @@ class Counter:
         return self.run(*args, **kwargs)
 
 
+def _candidates(method: str) -> int:
+    """How many settings the grid's validation search tries for ``method``."""
+    return len(list(itertools.product(*METHODS[method].tuning.values())))
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """A grid killed at its 4th run, then run again to the end, then once more."""
@@ -67,8 +74,8 @@ def test_interrupted_grid_resumes_without_recomputing_finished_cells(killed_and_
     assert calls["killed"][0] is None
     assert calls["cells_after_kill"] == 3  # the cells before the kill were written at once
     grid, resumed = calls["resumed"]
-    # Per ratio: vanilla 2 seeds; JTT 3 candidates at seed 0 (one reused) + 1 seed = 4.
-    assert resumed + calls["cells_after_kill"] == 2 * (2 + 4)
+    # Per ratio: vanilla 2 seeds; JTT's candidates at seed 0 (the chosen one reused) + 1 seed.
+    assert resumed + calls["cells_after_kill"] == 2 * (2 + _candidates("jtt") + 1)
     assert grid.computed == resumed
     rerun, again = calls["again"]
     assert again == 0 and rerun.computed == 0
@@ -85,8 +92,8 @@ def test_results_are_one_tidy_row_per_dataset_ratio_method_seed(killed_and_resum
         assert column in results
     assert (results["seconds"] > 0).all()
     tuning = pd.read_csv(out / "tuning.csv")
-    # JTT's lambda is searched on validation, once per ratio; one candidate chosen each time.
-    assert len(tuning) == 2 * len(METHODS["jtt"].tuning["jtt_upweight"])
+    # JTT's T and lambda are searched on validation, once per ratio; one candidate chosen each.
+    assert len(tuning) == 2 * _candidates("jtt")
     assert tuning.groupby("ratio")["chosen"].sum().tolist() == [1, 1]
     assert "accuracy" not in tuning  # the search sees validation metrics only
     best = tuning.loc[tuning.groupby("ratio")[compare.SELECTION_METRIC].idxmax()]
@@ -228,7 +235,7 @@ def test_compare_runs_image_data_with_the_network_and_size_asked_for(tmp_path, c
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--methods", "vanilla,dfa"], "unknown method"),
+        (["--methods", "vanilla,nosuchmethod"], "unknown method"),
         (["--ratios", "0.01,1.5"], "ratio"),
         (["--seeds", "0"], "seeds"),
         (["--dataset", "celeba", "--ratios", "0.01"], "CelebA has no"),

