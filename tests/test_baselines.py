@@ -202,7 +202,8 @@ def test_lff_weights_follow_relative_difficulty_with_class_normalised_averages()
     objective(pair, images, labels, labels, index)  # second: same losses, same averages
     ce_b = F.cross_entropy(pair.biased(images), labels, reduction="none").detach()
     ce_d = F.cross_entropy(pair.debiased(images), labels, reduction="none").detach()
-    assert torch.allclose(objective.loss_b, ce_b) and torch.allclose(objective.loss_d, ce_d)
+    averages = objective.difficulty
+    assert torch.allclose(averages.loss_b, ce_b) and torch.allclose(averages.loss_d, ce_d)
     expected = torch.empty(6)
     for c in (0, 1):
         members = labels == c
@@ -360,22 +361,23 @@ def test_rebias_is_told_the_bias_kind_per_dataset():
 
 def test_lff_and_groupdro_state_survives_a_checkpoint_round_trip():
     lff = LfFObjective(num_samples=3)
-    lff.loss_b += 2.0
+    lff.difficulty.loss_b += 2.0
     again = LfFObjective(num_samples=3)
     again.load_state_dict(lff.state_dict())
-    assert torch.equal(again.loss_b, lff.loss_b)
+    assert torch.equal(again.difficulty.loss_b, lff.difficulty.loss_b)
     dro = GroupDROObjective(4, 2)
     dro.weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
     other = GroupDROObjective(4, 2)
     other.load_state_dict(dro.state_dict())
     assert torch.equal(other.weights, dro.weights)
     dfa = DFAObjective(3, swap_after=0, lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1)
-    dfa.loss_i += 1.5
+    dfa.difficulty.loss_d += 1.5
     dfa.samples_seen = 7
     dfa.generator.manual_seed(11)
     copy_of = DFAObjective(3, swap_after=0, lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1)
     copy_of.load_state_dict(dfa.state_dict())
-    assert torch.equal(copy_of.loss_i, dfa.loss_i) and copy_of.samples_seen == 7
+    assert torch.equal(copy_of.difficulty.loss_d, dfa.difficulty.loss_d)
+    assert copy_of.samples_seen == 7
     assert torch.equal(
         torch.randperm(5, generator=copy_of.generator), torch.randperm(5, generator=dfa.generator)
     )

@@ -46,6 +46,7 @@ from ..core.runtime import seed_everything
 from ..models import network_parts
 from ..training.objectives import GeneralizedCELoss, Objective
 from .base import MethodOutcome, MethodSpec, Trainer
+from .difficulty import RelativeDifficulty
 
 
 class DFAPair(nn.Module):
@@ -99,36 +100,19 @@ class DFAObjective(Objective):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not 0 <= ema < 1:
-            raise ValueError(f"the EMA decay must lie in [0, 1), got {ema}")
         self.gce = GeneralizedCELoss(q)
-        self.ema = ema
         self.swap_after = swap_after
         self.lambda_dis_align = lambda_dis_align
         self.lambda_swap_align = lambda_swap_align
         self.lambda_swap = lambda_swap
-        self.loss_i = torch.zeros(num_samples)
-        self.loss_b = torch.zeros(num_samples)
-        self.seen = torch.zeros(num_samples, dtype=torch.bool)
-        self.labels = torch.full((num_samples,), -1, dtype=torch.long)
+        self.difficulty = RelativeDifficulty(num_samples, ema)  # loss_d: the intrinsic branch's
         self.samples_seen = 0
         self.generator = torch.Generator().manual_seed(seed)
-
-    def _update(self, average: Tensor, index: Tensor, loss: Tensor) -> None:
-        # The first visit stores the loss itself, later ones the moving average (DFA's EMA).
-        old = average[index]
-        average[index] = torch.where(self.seen[index], self.ema * old + (1 - self.ema) * loss, loss)
 
     def weights(self, index: Tensor, labels: Tensor) -> Tensor:
         """``(B,)`` relative difficulty ``L_b / (L_b + L_i + 1e-8)`` of the samples ``index``,
         from the class-normalised moving averages (after this batch's update)."""
-        loss_b, loss_i = self.loss_b[index].clone(), self.loss_i[index].clone()
-        labels = labels.cpu()
-        for c in labels.unique():
-            members, in_batch = self.labels == c, labels == c
-            loss_b[in_batch] /= self.loss_b[members].max().clamp_min(1e-8)
-            loss_i[in_batch] /= self.loss_i[members].max().clamp_min(1e-8)
-        return loss_b / (loss_b + loss_i + 1e-8)
+        return self.difficulty.weights(index, labels)
 
     @property
     def swapping(self) -> bool:
@@ -145,11 +129,7 @@ class DFAObjective(Objective):
         logits_b = model.head_b(torch.cat([z_i.detach(), z_b], dim=1))
         ce_i = F.cross_entropy(logits_i, labels, reduction="none")
         ce_b = F.cross_entropy(logits_b, labels, reduction="none")
-        index = index.cpu()
-        self._update(self.loss_i, index, ce_i.detach().cpu())
-        self._update(self.loss_b, index, ce_b.detach().cpu())
-        self.seen[index] = True  # read only before this batch's update, in _update
-        self.labels[index] = labels.cpu()
+        self.difficulty.update(index, labels, ce_b, ce_i)
         weight = self.weights(index, labels).to(ce_i.device)
         loss = (ce_i * weight).mean() + self.lambda_dis_align * self.gce(logits_b, labels).mean()
         if self.swapping and self.lambda_swap:
@@ -164,19 +144,14 @@ class DFAObjective(Objective):
         return loss, logits_i
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss_i": self.loss_i,
-            "loss_b": self.loss_b,
-            "seen": self.seen,
-            "labels": self.labels,
+        return self.difficulty.state_dict() | {
             "samples_seen": self.samples_seen,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            self.loss_i, self.loss_b = state["loss_i"], state["loss_b"]
-            self.seen, self.labels = state["seen"], state["labels"]
+            self.difficulty.load_state_dict(state)
             self.samples_seen = int(state["samples_seen"])
             self.generator.set_state(state["generator"])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -14,6 +13,7 @@ from ..core.params import Param
 from ..core.runtime import seed_everything
 from ..training.objectives import GeneralizedCELoss, Objective
 from .base import MethodOutcome, MethodSpec, Protocol, Trainer
+from .difficulty import RelativeDifficulty
 
 
 class LfFPair(nn.Module):
@@ -46,29 +46,12 @@ class LfFObjective(Objective):
 
     def __init__(self, num_samples: int, q: float = 0.7, ema: float = 0.7) -> None:
         super().__init__()
-        if not 0 <= ema < 1:
-            raise ValueError(f"the EMA decay must lie in [0, 1), got {ema}")
         self.gce = GeneralizedCELoss(q)
-        self.ema = ema
-        self.loss_b = torch.zeros(num_samples)
-        self.loss_d = torch.zeros(num_samples)
-        self.seen = torch.zeros(num_samples, dtype=torch.bool)
-        self.labels = torch.full((num_samples,), -1, dtype=torch.long)
-
-    def _update(self, average: Tensor, index: Tensor, loss: Tensor) -> None:
-        old = average[index]
-        average[index] = torch.where(self.seen[index], self.ema * old + (1 - self.ema) * loss, loss)
+        self.difficulty = RelativeDifficulty(num_samples, ema)
 
     def relative_difficulty(self, index: Tensor, labels: Tensor) -> Tensor:
         """``(B,)`` weights ``l_b / (l_b + l_d)`` from the class-normalised moving averages."""
-        loss_b, loss_d = self.loss_b[index], self.loss_d[index]
-        labels = labels.cpu()
-        for c in labels.unique():
-            members = self.labels == c
-            in_batch = labels == c
-            loss_b[in_batch] /= self.loss_b[members].max().clamp_min(1e-8)
-            loss_d[in_batch] /= self.loss_d[members].max().clamp_min(1e-8)
-        return loss_b / (loss_b + loss_d + 1e-8)
+        return self.difficulty.weights(index, labels)
 
     def __call__(
         self, model: nn.Module, images: Tensor, labels: Tensor, bias: Tensor, index: Tensor
@@ -79,27 +62,17 @@ class LfFObjective(Objective):
         logits_d = model.debiased(images).float()
         ce_b = F.cross_entropy(logits_b, labels, reduction="none")
         ce_d = F.cross_entropy(logits_d, labels, reduction="none")
-        index = index.cpu()
-        self._update(self.loss_b, index, ce_b.detach().cpu())
-        self._update(self.loss_d, index, ce_d.detach().cpu())
-        self.seen[index] = True  # seen is only read before this batch's update, in _update
-        self.labels[index] = labels.cpu()
+        self.difficulty.update(index, labels, ce_b, ce_d)
         weight = self.relative_difficulty(index, labels).to(ce_d.device)
         loss = (ce_d * weight).mean() + self.gce(logits_b, labels).mean()
         return loss, logits_d
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss_b": self.loss_b,
-            "loss_d": self.loss_d,
-            "seen": self.seen,
-            "labels": self.labels,
-        }
+        return self.difficulty.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            self.loss_b, self.loss_d = state["loss_b"], state["loss_d"]
-            self.seen, self.labels = state["seen"], state["labels"]
+            self.difficulty.load_state_dict(state)
 
 
 def run(trainer: Trainer) -> MethodOutcome:
