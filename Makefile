@@ -87,14 +87,19 @@ grid: setup
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset cmnist \
 		--digits auto --ratios 0.005,0.01,0.05 --methods all --seeds 3 --schedules full,quick \
 		--protocols shared,own --selection all --no-progress --out $(GRID_RUNS)/compare/cmnist
-	for ds in celeba bffhq; do \
-		PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset $$ds --stand-in \
-			--methods all --seeds 3 --schedules full --epochs 8 --model cnn --image-size 48 \
-			--selection all --no-progress --out $(GRID_RUNS)/compare/$$ds-stand-in || exit 1; \
-	done
+	# the budget dimension at 1 %: every one-stage method with PGD's total number of epochs
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset cmnist \
+		--digits auto --ratios 0.01 --methods all --seeds 3 --schedules full --budget total \
+		--selection all --no-progress --out $(GRID_RUNS)/compare/cmnist-budget
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset celeba --stand-in \
+		--methods all --seeds 3 --schedules full --epochs 8 --model cnn --image-size 48 \
+		--selection all --no-progress --out $(GRID_RUNS)/compare/celeba-stand-in
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset bffhq --stand-in \
+		--ratios 0.005,0.01,0.02 --methods all --seeds 3 --schedules full --epochs 8 --model cnn \
+		--image-size 48 --selection all --no-progress --out $(GRID_RUNS)/compare/bffhq-stand-in
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python book/tools/lff_weights.py \
 		--out benchmarks/results/lff_weights_celeba_stand_in.csv
-	for g in cmnist celeba-stand-in bffhq-stand-in; do \
+	for g in cmnist cmnist-budget celeba-stand-in bffhq-stand-in; do \
 		cp $(GRID_RUNS)/compare/$$g/results.csv benchmarks/results/compare_$$(echo $$g | tr - _).csv; \
 		cp $(GRID_RUNS)/compare/$$g/tuning.csv benchmarks/results/compare_$$(echo $$g | tr - _)_tuning.csv; \
 	done
