@@ -351,17 +351,18 @@ def test_lff_final_weights_are_the_objective_s_own_from_a_saved_checkpoint(tmp_p
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     objective = LfFObjective(6)
-    objective.loss_b = torch.rand(6, generator=gen)
-    objective.loss_d = torch.rand(6, generator=gen)
-    objective.labels = labels.clone()
+    averages = objective.difficulty
+    averages.loss_b = torch.rand(6, generator=gen)
+    averages.loss_d = torch.rand(6, generator=gen)
+    averages.labels = labels.clone()
     torch.save({"objective": objective.state_dict()}, tmp_path / "lff.pt")
     weights = lff_final_weights(tmp_path / "lff.pt", labels)
     # the plain computation: each average divided by its class maximum, then l_b / (l_b + l_d)
-    b = objective.loss_b / torch.where(
-        labels == 0, objective.loss_b[:3].max(), objective.loss_b[3:].max()
+    b = averages.loss_b / torch.where(
+        labels == 0, averages.loss_b[:3].max(), averages.loss_b[3:].max()
     )
-    d = objective.loss_d / torch.where(
-        labels == 0, objective.loss_d[:3].max(), objective.loss_d[3:].max()
+    d = averages.loss_d / torch.where(
+        labels == 0, averages.loss_d[:3].max(), averages.loss_d[3:].max()
     )
     assert torch.allclose(weights, b / (b + d + 1e-8))
     table = weights_by_group(weights, labels, torch.tensor([0, 0, 1, 1, 1, 0]))
