@@ -304,3 +304,21 @@ def test_best_settings_never_pick_an_oracle_rule():
     )
     best = compare.best_settings(frame)
     assert best["setting"].tolist() == ["full, shared, last"] and best["mean"].tolist() == [50.0]
+
+
+def test_diagnostics_by_seed_show_each_runs_error_set_not_only_the_mean():
+    rows = [
+        {"method": "jtt", "label": "JTT", "ratio": 0.01, "seed": seed, "run": f"jtt{seed}",
+         "hparams": "T=1, lambda=50", "schedule": "full", "error_set_size": size,
+         "error_set_conflicting_share": share, "conflicting_in_error_set": 0.5}
+        for seed, size, share in ((0, 194, 0.17), (1, 715, 0.02), (2, 400, 0.05))
+    ] + [
+        {"method": "vanilla", "label": "Vanilla (ERM)", "ratio": 0.01, "seed": 0, "run": "v0",
+         "hparams": "", "schedule": "full", "error_set_size": None,
+         "error_set_conflicting_share": None, "conflicting_in_error_set": None},
+    ]  # fmt: skip
+    frame = pd.DataFrame([*rows, rows[0] | {"selection": "last"}])  # a run under two rules
+    table = compare.diagnostics_by_seed(frame, schedule="full")
+    assert list(table.index) == [("JTT", "1%", 0), ("JTT", "1%", 1), ("JTT", "1%", 2)]
+    assert table["error set"].tolist() == [194, 715, 400]
+    assert table["conflicting in it (%)"].tolist() == [17.0, 2.0, 5.0]

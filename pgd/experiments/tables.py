@@ -226,3 +226,29 @@ def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     seconds.index = [labels[m] for m in order]
     seconds.index.name = "method"
     return seconds.round(2)
+
+
+def diagnostics_by_seed(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    """The methods' own diagnostics (:data:`EXTRA_COLUMNS`: JTT's error set) run by run: one row
+    per method, ratio and seed that has them, with the hyper-parameters the run used; the spread
+    a mean over seeds hides. Shares in %: how much of the error set is bias-conflicting (its
+    purity) and how many of the conflicting samples it holds (its recall)."""
+    frame = select(results, **where).drop_duplicates("run")
+    frame = frame[frame[list(EXTRA_COLUMNS)].notna().any(axis=1)]
+    table = frame[["label", "ratio", "seed", "hparams", *EXTRA_COLUMNS]].assign(
+        ratio=frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%"),
+        error_set_conflicting_share=100 * frame["error_set_conflicting_share"],
+        conflicting_in_error_set=100 * frame["conflicting_in_error_set"],
+    )
+    return (
+        table.rename(
+            columns={
+                "label": "method",
+                "error_set_size": "error set",
+                "error_set_conflicting_share": "conflicting in it (%)",
+                "conflicting_in_error_set": "of all conflicting (%)",
+            }
+        )
+        .set_index(["method", "ratio", "seed"])
+        .round(1)
+    )
