@@ -91,6 +91,8 @@ grid: setup
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset cmnist \
 		--digits auto --ratios 0.01 --methods all --seeds 3 --schedules full --budget total \
 		--selection all --no-progress --out $(GRID_RUNS)/compare/cmnist-budget
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python book/tools/groupdro_ablation.py \
+		--out benchmarks/results/groupdro_ablation_cmnist.csv
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset celeba --stand-in \
 		--methods all --seeds 3 --schedules full --epochs 8 --model cnn --image-size 48 \
 		--selection all --no-progress --out $(GRID_RUNS)/compare/celeba-stand-in
