@@ -31,7 +31,10 @@ from tqdm.auto import tqdm
 from ..core.runtime import progress_enabled
 from ..datasets.base import batch_loader
 from ..models import last_linear
-from .grad_norms import grad_norms
+from .grad_norms import grad_norms, spot_check
+
+#: Samples of the first batch whose scores :func:`grad_norm_scores` recomputes the plain way.
+SPOT_CHECK = 2
 
 
 def _check_p(p: float) -> float:
@@ -139,6 +142,7 @@ def grad_norm_scores(
     device: torch.device | str | None = None,
     progress: bool | None = False,
     desc: str = "scoring",
+    check: int = SPOT_CHECK,
 ) -> Tensor:
     """PGD's scores for every sample of ``data``: per-sample gradient norms of the loss.
 
@@ -159,6 +163,10 @@ def grad_norm_scores(
         device: where to compute (default: where the model is).
         progress: a progress bar over the batches (None: unless ``$PGD_PROGRESS`` is 0).
         desc: its label.
+        check: on the first batch, recompute this many samples' scores with a forward and
+            backward pass of their own and raise if one differs
+            (:func:`pgd.gradients.grad_norms.spot_check`; it draws with a generator of its own,
+            so the scores and every later random draw are the same with or without it); 0: off.
 
     Returns:
         ``(N,)`` float32 CPU tensor; entry ``i`` belongs to the sample with index ``i``.
@@ -174,12 +182,21 @@ def grad_norm_scores(
         for images, labels, _bias, index in tqdm(loader, desc=desc, unit="batch", disable=not show):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device)
+            first = not norms
             if layers == "last":
                 batch = batch_last_layer_grad_norms(
                     model, images, labels, p=p, include_bias=include_bias
                 )
+                if first and check:
+                    last = last_linear(model)
+                    wrt = [last.weight] + (
+                        [last.bias] if include_bias and last.bias is not None else []
+                    )
+                    # the closed form works in float32 whatever the model's dtype
+                    tolerance = math.sqrt(torch.finfo(torch.float32).eps)
+                    spot_check(model, images, labels, batch, wrt, check, p=p, tolerance=tolerance)
             else:
-                batch = grad_norms(model, images, labels)
+                batch = grad_norms(model, images, labels, check=check if first else 0)
             norms.append(batch.float().cpu())
             indices.append(torch.as_tensor(index).flatten().cpu())
     finally:

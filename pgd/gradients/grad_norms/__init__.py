@@ -19,7 +19,10 @@ parameter gradient is a small function of ``(a_b, g_b)`` whose squared norm has 
 * BatchNorm (eval mode), LayerNorm, GroupNorm, RMSNorm: ``dL_b/dγ = sum g_b * x̂_b`` and
   ``dL_b/dβ = sum g_b`` over the positions, with the normalised input ``x̂_b`` recomputed.
 * ``nn.Embedding``: rows of the gradient are sums of ``g_bt`` over the positions holding the same
-  token, added up per (sample, token) without forming the ``B x V x D`` gradient.
+  token, added up per (sample, token) without forming the ``B x V x D`` gradient;
+  ``nn.EmbeddingBag`` (``sum``, ``mean``, ``max``; a ``(B, L)`` input or flat tokens with
+  offsets; ``per_sample_weights``, ``padding_idx``): the same per (bag, token), each token
+  weighted by its share of the bag's output. Sparse gradients (``sparse=True``) change nothing.
 * any other module with parameters of its own: ``torch.func`` (vmap of a vector-Jacobian product)
   on that module alone, after a one-time warning that names it.
 
@@ -39,18 +42,38 @@ enclose every use, checked sample by sample against the batched output. The resu
 on the caller's autograd mode, and a Gram sum that lost digits to cancellation is recomputed from
 the materialised gradient, so float32 results are as accurate as a per-sample backward pass.
 
+A parametrized layer (``torch.nn.utils.parametrize``: ``weight_norm``, ``spectral_norm`` in eval
+mode, ``orthogonal``) reads a weight computed from its original parameters: those go to
+``torch.func`` on the layer, the innermost module whose calls enclose their uses and take the
+batch (the parametrization itself is called on the weight, not on the batch). Recurrent cells
+(``nn.RNNCell``, ``GRUCell``, ``LSTMCell``, once or unrolled, with or without an initial state)
+go to ``torch.func``; where ``vmap`` cannot batch a module's forward, the same products are taken
+one sample at a time. A module whose outputs are computed from one another (``LSTMCell``:
+``h = o * tanh(c)``) or that returns one of its inputs gets an identity after each output, so
+that the gradient arriving there is the gradient from outside the module only. Layers called with
+their input as a keyword (``fc(input=x)``) are the same layers.
+
 BatchNorm in training mode normalises with the statistics of the batch, so every sample's output
 depends on every other sample: per-sample gradients are then not defined, and we refuse; so for
-inputs that are not batch-first, parameters used outside every module call (in the loss), and
-inputs overwritten in place after a module read them.
+``spectral_norm`` in training mode (every call changes the weight), outputs that are not
+batch-first, parameters used outside every module call (in the loss), inputs overwritten in place
+after a module read them, and reentrant checkpointing (``use_reentrant=True`` recomputes its
+part inside the backward pass, out of reach of the hooks: ``use_reentrant=False`` is exact).
+
+No rule about classes and shapes sees every way a model can mix or reorder its samples inside
+(a parameter-free ``x.flip(0)`` between two layers): ``check=k`` recomputes ``k`` samples with a
+forward and backward pass of their own and raises if they disagree
+(:func:`~pgd.gradients.grad_norms.spot_check.spot_check`); PGD's scoring does so on its first
+batch.
 
 The plain reference these formulas are tested against is
 :func:`pgd.gradients.scores.per_sample_grad_norms` (``vmap(grad(...))`` over the whole model).
 
 The parts, each importing only those before it: :mod:`.torch_internals` (every private torch name
 used), :mod:`.trace` (the recorded forward pass), :mod:`.closed_forms`, :mod:`.plan` (which
-parameters are computed how), :mod:`.fallback` (``torch.func``) and :mod:`.one_pass` (the
-backward pass that computes them).
+parameters are computed how), :mod:`.fallback` (``torch.func``), :mod:`.one_pass` (the
+backward pass that computes them) and :mod:`.spot_check` (a few samples recomputed the plain
+way, ``check=k``).
 """
 
 from __future__ import annotations
@@ -71,6 +94,7 @@ from .closed_forms import (
 from .fallback import torch_func_norms, warn_once
 from .one_pass import one_pass_norms
 from .plan import describe_plan, select_modules
+from .spot_check import spot_check
 from .trace import LossFn, check_no_batch_mixing, default_loss
 
 __all__ = [
@@ -85,6 +109,7 @@ __all__ = [
     "grad_norms",
     "linear_mode",
     "select_modules",
+    "spot_check",
     "torch_func_norms",
 ]
 
@@ -98,6 +123,7 @@ def grad_norms(
     loss_fn: LossFn = default_loss,
     conv: ConvMode = "auto",
     per_module: bool = False,
+    check: int = 0,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Exact per-sample Euclidean norms of the loss gradient over all (or chosen) parameters.
 
@@ -126,6 +152,8 @@ def grad_norms(
             pick the cheaper one per layer (:func:`conv_mode`).
         per_module: also return the ``(B,)`` squared norms of each unit (a module, or the module
             whose calls enclose the uses of some parameters), keyed by its name.
+        check: recompute this many randomly drawn samples with a forward and backward pass of
+            their own and raise if any differs (:func:`spot_check`); 0 (default): no check.
 
     Returns:
         ``(B,)`` norms (and the per-unit squared norms if asked); detached, dtype of the
@@ -134,7 +162,8 @@ def grad_norms(
     Raises:
         ValueError: BatchNorm in training mode, a module fed a tensor whose first dimension is not
             the batch, samples that interact, a parameter used outside every module call, a loss
-            that does not return one value per sample, or a bad selection.
+            that does not return one value per sample, a bad selection, or a failed spot
+            check.
     """
     if conv not in ("auto", "gram", "materialise"):
         raise ValueError(f"conv must be 'auto', 'gram' or 'materialise', got {conv!r}")
@@ -146,8 +175,21 @@ def grad_norms(
             f"pgd: {why}, so per-sample gradient norms are computed with torch.func instead "
             "(exact, but slower and B x the parameters in memory)"
         )
-        return torch_func_norms(model, inputs, labels, selected, loss_fn, per_module)
-    return one_pass_norms(model, inputs, labels, selected, loss_fn, conv, per_module)
+        result = torch_func_norms(model, inputs, labels, selected, loss_fn, per_module)
+    else:
+        result = one_pass_norms(model, inputs, labels, selected, loss_fn, conv, per_module)
+    if check:
+        norms = result[0] if isinstance(result, tuple) else result
+        params = list(
+            {
+                id(q): q
+                for _, m in selected
+                for q in m.parameters(recurse=False)
+                if q.requires_grad
+            }.values()
+        )
+        spot_check(model, inputs, labels, norms, params, check, loss_fn=loss_fn)
+    return result
 
 
 def _checked_one_pass(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:

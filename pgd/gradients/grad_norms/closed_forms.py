@@ -1,12 +1,12 @@
 """The closed forms: which module has one (:func:`closed_form`), and each form's per-sample squared
 norms from a call's input and output gradient (Linear, convolutions, BatchNorm in eval mode,
-LayerNorm / GroupNorm / RMSNorm, Embedding)."""
+LayerNorm / GroupNorm / RMSNorm, Embedding, EmbeddingBag)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,13 @@ def closed_form(module: nn.Module) -> str | None:
         and not module.scale_grad_by_freq
     ):
         return "embedding"
+    if (
+        isinstance(module, nn.EmbeddingBag)
+        and kind.forward is nn.EmbeddingBag.forward
+        and not module.scale_grad_by_freq
+        and module.mode in ("sum", "mean", "max")
+    ):
+        return "embedding_bag"
     return None
 
 
@@ -72,9 +79,9 @@ def why_not_closed(module: nn.Module) -> str:
         return "it has forward hooks, which may change its inputs or outputs"
     if isinstance(module, _CONVS) and not internals.convolution_backward_available():
         return "this torch lacks the convolution_backward operator"
-    for base in (nn.Linear, *_CONVS, _BatchNorm, *_NORMS, nn.Embedding):
+    for base in (nn.Linear, *_CONVS, _BatchNorm, *_NORMS, nn.Embedding, nn.EmbeddingBag):
         if isinstance(module, base):
-            if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
+            if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.scale_grad_by_freq:
                 return "scale_grad_by_freq has no closed form"
             return f"a subclass of {base.__name__} with a forward of its own"
     return f"no closed form for {type(module).__name__}"
@@ -97,6 +104,7 @@ class Single:
 
     x: Tensor
     grad: Tensor
+    named: dict[str, Any] = field(default_factory=dict)  # the call's arguments (EmbeddingBag)
 
 
 def _ghost(gram_a: Tensor, gram_g: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -404,6 +412,77 @@ def _embedding_sq_norms(
     return g.new_zeros(batch).index_add_(0, owner, rows.pow(2).sum(1))
 
 
+def _bags(module: nn.EmbeddingBag, call: Single, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Every token of one ``EmbeddingBag`` call that enters a bag: ``(bag, token, weight)``, each
+    ``(N,)``; ``weight`` is the factor of the token's row in its bag's output (its
+    ``per_sample_weights`` entry in ``sum`` mode, ``1 / bag size`` in ``mean`` mode, 1 in
+    ``max`` mode). Tokens equal to ``padding_idx`` are left out, as the layer leaves them out."""
+    tokens, offsets = call.x, call.named.get("offsets")
+    weights = call.named.get("per_sample_weights")
+    if tokens.dim() == 2:  # (B, L): bag b holds row b
+        bag = torch.arange(len(tokens), device=tokens.device).repeat_interleave(tokens.shape[1])
+    else:  # flat tokens, bag b starts at offsets[b]
+        starts = offsets[:-1] if module.include_last_offset else offsets
+        positions = torch.arange(len(tokens), device=tokens.device)
+        bag = torch.searchsorted(starts.contiguous(), positions, right=True) - 1
+        if module.include_last_offset:  # tokens after the last offset belong to no bag
+            bag = torch.where(positions < offsets[-1], bag, -1)
+    tokens = tokens.flatten()
+    factor = (
+        weights.flatten().to(call.grad.dtype)
+        if weights is not None
+        else torch.ones(len(tokens), dtype=call.grad.dtype, device=tokens.device)
+    )
+    keep = bag >= 0
+    if module.padding_idx is not None:
+        keep &= tokens != module.padding_idx
+    bag, tokens, factor = bag[keep], tokens[keep], factor[keep]
+    if module.mode == "mean":
+        size = torch.zeros(batch, dtype=factor.dtype, device=factor.device)
+        size.index_add_(0, bag, torch.ones_like(factor))
+        factor = factor / size[bag]
+    return bag, tokens, factor
+
+
+def _embedding_bag_sq_norms(
+    module: nn.EmbeddingBag, calls: list[Single], include: set[int], conv: ConvMode, batch: int
+) -> Tensor:
+    """Per sample (bag), the weight's gradient has row ``v`` equal to the sum, over the bag's
+    tokens ``v``, of the token's factor times the output gradient ``g_b`` (``sum`` and
+    ``mean``), or, in ``max`` mode, ``g_bd`` in column ``d`` of the row that won the maximum in
+    that column: added up per (sample, row) as for ``nn.Embedding``, over every call."""
+    dim, rows_n = module.embedding_dim, module.num_embeddings
+    width = 1 if module.mode == "max" else dim  # max: one entry per (sample, row, column)
+    keys, values = [], []
+    for call in calls:
+        bag, tokens, factor = _bags(module, call, batch)
+        g = call.grad.reshape(batch, dim)
+        if module.mode != "max":
+            keys.append(bag * rows_n + tokens)
+            values.append(factor.unsqueeze(1) * g[bag])
+            continue
+        # max: the winning row of every (bag, column), from the weights the layer read
+        rows = module.weight.detach()[tokens]  # (N, D)
+        spread = bag.unsqueeze(1).expand(-1, dim)
+        best = torch.full((batch, dim), -torch.inf, dtype=rows.dtype, device=rows.device)
+        best.scatter_reduce_(0, spread, rows, reduce="amax")
+        order = torch.arange(len(tokens), device=rows.device).unsqueeze(1).expand(-1, dim)
+        first = torch.full((batch, dim), len(tokens), device=rows.device, dtype=torch.long)
+        candidates = torch.where(rows == best[bag], order, len(tokens))
+        first.scatter_reduce_(0, spread, candidates, reduce="amin")  # first winner counts
+        present = first < len(tokens)  # an empty bag has no winner and no gradient
+        winner = tokens[first.clamp_max(max(len(tokens) - 1, 0))]  # (B, D)
+        sample = torch.arange(batch, device=rows.device).unsqueeze(1).expand(-1, dim)
+        column = torch.arange(dim, device=rows.device).expand(batch, -1)
+        keys.append(((sample * rows_n + winner) * dim + column)[present])
+        values.append(g[present].unsqueeze(1))
+    key, value = torch.cat(keys), torch.cat(values)
+    unique, slot = torch.unique(key, return_inverse=True)
+    summed = value.new_zeros(len(unique), width).index_add_(0, slot, value)
+    owner = torch.div(unique, rows_n * (dim if width == 1 else 1), rounding_mode="floor")
+    return value.new_zeros(batch).index_add_(0, owner, summed.pow(2).sum(1))
+
+
 #: Closed form -> ``(module, calls, included parameter ids, conv mode, batch) -> (B,)``
 #: squared norms.
 CLOSED_FORMS: dict[str, Callable[..., Tensor]] = {
@@ -412,4 +491,5 @@ CLOSED_FORMS: dict[str, Callable[..., Tensor]] = {
     "batchnorm": _batchnorm_sq_norms,
     "norm": _norm_sq_norms,
     "embedding": _embedding_sq_norms,
+    "embedding_bag": _embedding_bag_sq_norms,
 }

@@ -5,6 +5,7 @@ checked sample by sample against the batched output), or over the whole selectio
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -121,9 +122,15 @@ def functional_sq_norms(unit: Unit, calls: list[Call], batch: int) -> Tensor:
             out, pullback = vjp(lambda w: run(w, tuple(r.clone() for r in rows)), params)
             return out, pullback(tuple(c.unsqueeze(0) for c in cots))[0]
 
-        with warnings.catch_warnings():  # torch's note that some operator has no batching rule
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            outs, grads = vmap(one_sample)(cotangents, *(leaves[i] for i in batched))
+        rows = [leaves[i] for i in batched]
+        try:
+            with warnings.catch_warnings():  # torch's note that an operator has no batching rule
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                outs, grads = vmap(one_sample)(cotangents, *rows)
+        except (RuntimeError, NotImplementedError) as error:
+            # vmap cannot batch this forward (an RNN cell that creates its own initial state,
+            # a layer with sparse gradients): the same products, one sample at a time
+            outs, grads = _one_at_a_time(one_sample, cotangents, rows, batch, label, error)
         expected = run(params, tuple(leaves[i].clone() for i in batched))
         for got, want in zip(outs, expected, strict=True):
             got = got.reshape(want.shape)
@@ -139,6 +146,35 @@ def functional_sq_norms(unit: Unit, calls: list[Call], batch: int) -> Tensor:
         total = grads if total is None else {k: total[k] + grads[k] for k in grads}
     assert total is not None
     return sum(sq(g) for g in total.values())
+
+
+def _one_at_a_time(
+    one_sample: Callable,
+    cotangents: tuple,
+    rows: list[Tensor],
+    batch: int,
+    label: str,
+    why: Exception,
+) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    """``vmap(one_sample)`` as a loop over the samples (sparse gradients made dense); refused
+    when the module cannot be called on one sample (its inputs are not batch-first)."""
+    outs: list[tuple] = []
+    grads: list[dict[str, Tensor]] = []
+    for b in range(batch):
+        try:
+            out, grad_b = one_sample(tuple(c[b] for c in cotangents), *(r[b] for r in rows))
+        except Exception as error:
+            raise ValueError(
+                f"module {label} cannot be called on one sample at a time "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}; torch.func's "
+                f"vmap failed first with {type(why).__name__}): its inputs are probably not "
+                "all batch-first (a flat list of tokens with offsets, a state shared by the "
+                f"batch). Per-sample gradients cannot be computed from its calls; use {LOOP}."
+            ) from error
+        outs.append(tuple(t.squeeze(0) for t in out))
+        grads.append({k: g.to_dense() if g.is_sparse else g for k, g in grad_b.items()})
+    stacked_outs = tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
+    return stacked_outs, {k: torch.stack([g[k] for g in grads]) for k in grads[0]}
 
 
 def _device_of(call: Call) -> torch.device:

@@ -106,7 +106,19 @@ def _one_pass(
         # of each sample's own loss: the hooks on the recorded graph edges see exactly that, even
         # when a later in-place operation (ReLU(inplace=True), `out += identity`) overwrote the
         # output tensor.
-        grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True)
+        except RuntimeError as error:
+            if _reentrant_checkpoint_in(losses):
+                raise ValueError(
+                    "the model uses torch.utils.checkpoint with use_reentrant=True: that "
+                    "recomputes the checkpointed part inside its own backward pass, out of reach "
+                    "of the hooks that follow each module's output gradient (and torch refuses "
+                    "it with torch.autograd.grad). Pass use_reentrant=False to checkpoint (exact "
+                    "here, and torch's recommended setting), or use "
+                    f"{LOOP}."
+                ) from error
+            raise
     if exhaustive:
         for (_, call, i), grad in zip(live, grads, strict=False):
             call.grads[i] = None if grad is None else grad.detach()
@@ -123,6 +135,20 @@ def _one_pass(
             with torch.no_grad():
                 _finish(unit, batch, conv)
     return units, set()
+
+
+def _reentrant_checkpoint_in(output: Tensor) -> bool:
+    """Whether the graph behind ``output`` holds a reentrant checkpoint's node."""
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            return True
+        stack += [next_node for next_node, _ in node.next_functions]
+    return False
 
 
 def _arrival(unit: Unit, call: Call, index: int, batch: int, conv: ConvMode) -> Callable:
@@ -164,5 +190,5 @@ def _unit_sq_norms(unit: Unit, batch: int, conv: ConvMode) -> Tensor:
     if unit.kind == "fallback":
         return functional_sq_norms(unit, calls, batch)
     module, include = unit.module, unit.include
-    single = [Single(c.args[0], c.grads[0]) for c in calls]
+    single = [Single(c.first, c.grads[0], c.named) for c in calls]
     return CLOSED_FORMS[unit.kind](module, single, include, conv, batch)

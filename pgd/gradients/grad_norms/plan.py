@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .closed_forms import closed_form, conv_mode, linear_mode, padded_pixels, why_not_closed
 from .trace import LOOP, Call, Trace, check_no_batch_mixing, default_loss, trace_forward
@@ -123,7 +124,7 @@ def plan_units(
             if common is None:
                 unused.append(param)
                 continue
-            where = common[-1]  # the innermost module whose calls enclose every use
+            where = _enclosing(param, common, modules, trace)
             shared = [module_names[m] for m in holders[id(param)] if m != id(holder)]
             kind = closed_form(holder) if where == id(holder) and not shared else None
             if kind is not None:
@@ -131,8 +132,22 @@ def plan_units(
                 reason = ""
             else:
                 key, owner = (where, "fallback"), modules[where]
-                if shared:
+                if isinstance(holder, parametrize.ParametrizationList):
+                    originals = ", ".join(n for n in _param_names(holder).values())
+                    reason = (
+                        f"{module_names[where]!r} reads a parametrized tensor "
+                        f"({', '.join(type(p).__name__ for p in holder)}): the gradients of its "
+                        f"originals ({originals}) go through the parametrization"
+                    )
+                elif shared:
                     reason = f"{label} is tied with {', '.join(map(repr, shared))}"
+                elif where != id(holder) and not all(
+                    c.batch_first for c in trace.calls.get(id(holder), [])
+                ):
+                    reason = (
+                        f"{holder_name!r} is called on inputs whose first dimension is not the "
+                        "batch, inside a module that is called on the batch"
+                    )
                 elif where != id(holder):
                     reason = f"parameters of {holder_name!r} are also used outside its own calls"
                 else:
@@ -145,14 +160,49 @@ def plan_units(
             unit.params[_param_names(owner)[id(param)]] = param
             if reason and reason not in unit.reason:
                 unit.reason = f"{unit.reason}; {reason}" if unit.reason else reason
+    for (module_id, kind), unit in list(units.items()):
+        fallback = units.get((module_id, "fallback"))
+        if kind != "fallback" and fallback is not None:
+            # one module, two units (a parametrized weight beside a plain bias): its calls are
+            # read once, by torch.func, for all of its parameters
+            fallback.params.update(unit.params)
+            del units[(module_id, kind)]
     for unit in units.values():
         _check_unit(unit)
     return list(units.values()), unused
 
 
+def _enclosing(
+    param: Tensor, common: list[int], modules: dict[int, nn.Module], trace: Trace
+) -> int:
+    """The innermost module whose calls enclose every use of ``param``, that has ``param`` among
+    its own or its children's parameters and that is called on the batch (inputs and outputs
+    batch-first): the module whose calls give ``param``'s per-sample gradients. A
+    parametrization (``weight_norm``'s ``_WeightNorm``) is called on the weight, not on the
+    batch: the parametrized layer that reads the weight is the one. Where no enclosing module
+    qualifies, the innermost one (refused later, naming it)."""
+    for key in reversed(common):
+        calls = trace.calls.get(key, [])
+        takes_batch = all(
+            c.outputs_ok and (c.batch_first or closed_form(modules[key]) == "embedding_bag")
+            for c in calls
+        )
+        if takes_batch and any(p is param for p in modules[key].parameters()):
+            return key
+    return common[-1]
+
+
 def _check_unit(unit: Unit) -> None:
     what = f"module {unit.name or 'the model'!r} ({type(unit.module).__name__})"
     for call in unit.calls:
+        if unit.kind == "embedding_bag" and call.outputs_ok:
+            continue  # its input may be one flat list of tokens with offsets
+        if call.first is None and call.outputs_ok:
+            raise ValueError(
+                f"{what} is called without a tensor as its first input (positional or by "
+                "keyword), so the batch cannot be found in its inputs. Pass the batch as the "
+                f"first argument, or use {LOOP}."
+            )
         if not call.batch_first or not call.outputs_ok:
             raise ValueError(
                 f"{what} is called with inputs or returns outputs whose first dimension is not "
@@ -204,12 +254,14 @@ def describe_plan(model: nn.Module, inputs: Tensor) -> list[dict]:
             )
         elif unit.kind == "conv":
             positions = sum(c.shapes[0][0][2:].numel() for c in calls)
-            pixels = padded_pixels(module, calls[0].args[0].shape) if len(calls) == 1 else None
+            pixels = padded_pixels(module, calls[0].first.shape) if len(calls) == 1 else None
             method = f"{conv_mode(module, positions, pixels)} ({positions} positions)"
         elif unit.kind in ("batchnorm", "norm"):
             method = "closed form (normalised input)"
         elif unit.kind == "embedding":
             method = "sum per token"
+        elif unit.kind == "embedding_bag":
+            method = f"sum per token and bag ({module.mode})"
         else:
             method = f"torch.func fallback: {unit.reason}"
         rows.append(

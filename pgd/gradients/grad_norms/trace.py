@@ -4,6 +4,7 @@ before it (samples that interact through BatchNorm in training mode)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,15 @@ def default_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def check_no_batch_mixing(model: nn.Module) -> None:
     for name, module in model.named_modules():
+        if type(module).__name__ == "_SpectralNorm" and module.training:
+            layer = name.rsplit(".parametrizations.", 1)[0]
+            raise ValueError(
+                f"layer {layer!r} has spectral_norm in training mode: every call runs a step of "
+                "power iteration that updates the norm's estimate in place, so the weight "
+                "differs from one call to the next and a per-sample gradient depends on how "
+                "many samples were seen before. Call model.eval() before computing per-sample "
+                "gradient norms."
+            )
         if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
             why = (
                 "is in training mode"
@@ -54,6 +64,8 @@ class Call:
     versions: list[tuple[Tensor, int]]  # tensor inputs and their version counters
     root: bool  # no input requires a gradient: the backward pass must be led here
     batch_first: bool  # the first input has the batch as its first dimension
+    first: Tensor | None = None  # the first input, passed by position or by keyword
+    named: dict[str, Any] = field(default_factory=dict)  # every argument by name (EmbeddingBag)
     edges: list[GradientEdge | None] = field(default_factory=list)
     shapes: list[tuple[torch.Size, torch.dtype]] = field(default_factory=list)
     grads: list[Tensor | None] = field(default_factory=list)
@@ -75,6 +87,32 @@ def _tensors(*items: object) -> list[Tensor]:
     return found
 
 
+_FIRST_NAMES: dict[type, str | None] = {}
+
+
+def _first_parameter(module: nn.Module) -> str | None:
+    """The name of the first parameter of ``module``'s forward (``input`` for torch's layers),
+    found once per class."""
+    kind = type(module)
+    if kind not in _FIRST_NAMES:
+        try:
+            names = list(inspect.signature(module.forward).parameters)
+        except (TypeError, ValueError):
+            names = []
+        _FIRST_NAMES[kind] = names[0] if names else None
+    return _FIRST_NAMES[kind]
+
+
+def _arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The call's arguments by name, defaults included (empty where they cannot be bound)."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
 def _map_tensors(fn: Callable[[Tensor], Tensor], item: Any) -> Any:
     """``item`` with ``fn`` applied to its tensors, one level into tuples, lists and dicts."""
     if isinstance(item, Tensor):
@@ -90,9 +128,16 @@ class Trace(TorchFunctionMode):
     """Records, during one forward pass, every module call (inputs, output edges) and, for every
     watched parameter, the modules whose calls enclose each of its uses."""
 
-    def __init__(self, params: dict[int, Tensor], batch: int, clone: set[int]) -> None:
+    def __init__(
+        self,
+        params: dict[int, Tensor],
+        batch: int,
+        clone: set[int],
+        holders: set[int] = frozenset(),
+    ) -> None:
         super().__init__()
         self.params, self.batch, self.clone = params, batch, clone
+        self.holders = holders  # modules with a watched parameter among theirs or their children's
         self.stack: list[tuple[nn.Module, Call]] = []
         self.calls: dict[int, list[Call]] = {}
         self.common: dict[int, list[int]] = {}  # param -> modules on the stack at every use
@@ -125,23 +170,34 @@ class Trace(TorchFunctionMode):
         inputs = _tensors(*args, *kwargs.values())
         copy = (lambda t: t.detach().clone()) if id(module) in self.clone else Tensor.detach
         args, kwargs = _map_tensors(copy, args), _map_tensors(copy, kwargs)
-        first = args[0] if args and isinstance(args[0], Tensor) else None
+        if args:
+            first = args[0]
+        else:  # a keyword call, fc(input=x): the same layer, its input named
+            first = kwargs.get(_first_parameter(module) or "", None)
+        first = first if isinstance(first, Tensor) else None
         call = Call(
             args=args,
             kwargs=kwargs,
             versions=[(t, internals.version(t)) for t in inputs],
             root=not any(t.requires_grad for t in inputs),
             batch_first=first is not None and first.dim() > 0 and first.shape[0] == self.batch,
+            first=first,
+            named=_arguments(module, args, kwargs) if isinstance(module, nn.EmbeddingBag) else {},
         )
         self.stack.append((module, call))
 
-    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
         with internals.disable_torch_function():
-            self._pop(module, output)
+            return self._pop(module, output)
 
-    def _pop(self, module: nn.Module, output: object) -> None:
+    def _pop(self, module: nn.Module, output: object) -> object:
+        """Record the call's outputs; return them as the model will see them (see
+        :func:`_separate_outputs`), or None to keep them as they are."""
         top, call = self.stack.pop()
         assert top is module, "module calls did not nest"
+        replaced = False
+        if id(module) in self.holders:
+            output, replaced = _separate_outputs(output, call)
         outputs = output if isinstance(output, tuple | list) else (output,)
         for out in outputs:
             if isinstance(out, Tensor):
@@ -153,6 +209,36 @@ class Trace(TorchFunctionMode):
         call.mutated_own_input = any(internals.version(t) != v for t, v in call.versions)
         call.versions = [(t, internals.version(t)) for t, _ in call.versions]
         self.calls.setdefault(id(module), []).append(call)
+        return output if replaced else None
+
+
+def _separate_outputs(output: object, call: Call) -> tuple[object, bool]:
+    """A module's outputs, each given a graph node of its own where that is needed for the
+    gradient arriving there to be the gradient from outside the module only.
+
+    The gradient that reaches an output's graph node is the sum over everything that uses the
+    output. When a module returns several outputs and one is computed from another
+    (``nn.LSTMCell``: ``h = o * tanh(c)``), or returns one of its own inputs, part of that sum
+    comes from inside the module itself, and a vector-Jacobian product of the module with it
+    would count that path twice. An identity (``clone``) after each such output gives the model
+    the same values and receives exactly the gradient from outside. Single outputs that are not
+    inputs need nothing: everything that uses them runs after the module."""
+    if isinstance(output, Tensor):
+        if output.requires_grad and any(output is t for t, _ in call.versions):
+            return output.clone(), True
+        return output, False
+    if not isinstance(output, tuple | list):
+        return output, False
+    grads = [t for t in output if isinstance(t, Tensor) and t.requires_grad]
+    if len(grads) < 2:
+        return output, False
+    cloned = [t.clone() if isinstance(t, Tensor) and t.requires_grad else t for t in output]
+    if type(output) is tuple or type(output) is list:
+        return type(output)(cloned), True
+    try:  # a named tuple
+        return type(output)(*cloned), True
+    except TypeError:
+        return output, False
 
 
 def trace_forward(
@@ -164,7 +250,8 @@ def trace_forward(
     clone: set[int],
 ) -> tuple[Trace, Tensor | None]:
     """One forward pass (and the loss, if ``labels``) with every module call recorded."""
-    trace = Trace(params, len(inputs), clone)
+    holders = {id(m) for m in model.modules() if any(id(p) in params for p in m.parameters())}
+    trace = Trace(params, len(inputs), clone, holders)
     handles = []
     try:
         for module in model.modules():
