@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from layouts import write_celeba_layout
+from PIL import Image
 
 import pgd.datasets.celeba as celeba
 import pgd.datasets.images as images
@@ -97,6 +98,8 @@ def test_a_corrupt_image_stops_the_loading_before_any_training_named(tmp_path, m
     monkeypatch.setattr(images, "IMAGE_CACHE_BYTES", 0)  # as for the full release
     with pytest.raises(CorruptImageError, match=victim.name):
         celeba.load_celeba(tmp_path, image_size=32, verify="full")
+    with pytest.raises(CorruptImageError, match=victim.name):
+        celeba.load_celeba(tmp_path, image_size=32)  # the default, quick: header and end
     data = celeba.load_celeba(tmp_path, image_size=32, verify="off")  # then: when read
     for split in (data.train, data.valid, data.test):
         names = [Path(f).name for f in split.files]
@@ -334,3 +337,20 @@ def test_an_attribute_row_with_a_missing_value_is_named_by_its_line(tmp_path, ka
         celeba.DataUnavailableError, match=rf"line {header + row + 1} \({name}\): 39"
     ):
         celeba.read_attributes(folder)
+
+
+def test_a_test_jpeg_cut_off_mid_file_is_refused_before_training_by_the_default_check(
+    tmp_path, monkeypatch
+):
+    """A full-size folder (not decoded in memory): the quick check finds the missing end marker
+    of a test image whose header is intact, and names it, before any training."""
+    _folder, rows = write_celeba_layout(tmp_path / "celeba", n=12)
+    test_name = sorted(name for name, (part, *_rest) in rows.items() if part == 2)[-1]
+    victim = tmp_path / "celeba" / "img_align_celeba" / test_name
+    data = victim.read_bytes()
+    victim.write_bytes(data[: int(len(data) * 0.7)])
+    with Image.open(victim) as image:
+        image.verify()  # the header alone does not show it
+    monkeypatch.setattr(images, "IMAGE_CACHE_BYTES", 0)  # as for the full release
+    with pytest.raises(CorruptImageError, match=rf"{test_name}.*end marker is missing"):
+        celeba.load_celeba(tmp_path, image_size=32)

@@ -233,10 +233,44 @@ def test_torchvision_source_reads_mnist_files_copied_by_hand(
     if compress:
         assert "unpacked train-images-idx3-ubyte.gz" in capsys.readouterr().out
         assert (raw / "train-images-idx3-ubyte").is_file()
-    assert digits.source == "torchvision" and digits.is_full_mnist
+    assert digits.source == "torchvision"
     assert digits.train_images.shape == (30, 28, 28) and digits.test_images.shape == (10, 28, 28)
     splits = make_colored_mnist(0.1, digits="torchvision", root=tmp_path)
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (27, 3, 10)
+
+
+def test_mnist_files_holding_fewer_digits_than_the_release_are_described_by_their_counts(
+    no_mnist_download, tmp_path, monkeypatch, capsys
+):
+    """Files copied by hand that hold 60 + 20 digits are not the full MNIST: the description,
+    ``is_full`` and a run's JSON say what was read, with the release's counts beside it."""
+    from pgd.experiments.config import ExperimentConfig
+    from pgd.experiments.pipeline import run
+
+    write_mnist_raw(tmp_path, n_train=60, n_test=20)
+    digits = load_digits("torchvision", root=tmp_path)
+    assert not digits.is_full_mnist
+    assert "holding 60 training + 20 test digits (NOT the full MNIST" in digits.description
+    assert "60,000 + 10,000" in digits.description
+    splits = make_colored_mnist(0.1, digits="torchvision", root=tmp_path)
+    assert not splits.is_full
+    splits.announce()
+    said = " ".join(capsys.readouterr().out.split())
+    assert "NOTE: Not the full MNIST." in said and "replace those files" in said
+    monkeypatch.setenv("PGD_DATA", str(tmp_path))
+    config = ExperimentConfig(method="vanilla", digits="torchvision", profile="smoke", epochs=1)
+    data = run(config, checkpoint_dir=None, progress=False).to_dict()["data"]
+    assert data["full_dataset"] is False and "NOT the full MNIST" in data["description"]
+    assert (data["train_samples"], data["valid_samples"], data["test_samples"]) == (54, 6, 20)
+    assert data["official_counts"] == {"train": 54_000, "valid": 6_000, "test": 10_000}
+
+
+def test_the_release_s_counts_make_the_full_mnist(tmp_path):
+    from pgd.datasets.cmnist import describe_mnist_files
+
+    text, full = describe_mnist_files(60_000, 10_000, tmp_path)
+    assert full and text == "full MNIST via torchvision (60,000 training + 10,000 test digits)"
+    assert describe_mnist_files(59_999, 10_000, tmp_path)[1] is False
 
 
 def test_head_keeps_the_first_samples_with_their_colours(cmnist):

@@ -19,7 +19,7 @@ from pgd.datasets.archives import (
     diagnose_download,
     safe_extract,
 )
-from pgd.datasets.images import CorruptImageError, ImageFileDataset, read_image
+from pgd.datasets.images import CorruptImageError, ImageFileDataset, read_image, verify_files
 from pgd.datasets.standins import STAND_IN_MARKER, stand_in_folder
 
 
@@ -34,6 +34,19 @@ def test_read_image_names_a_truncated_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptImageError, match=r"face\.png"):
         read_image(path)
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_the_quick_check_finds_a_file_cut_off_after_its_header(tmp_path, suffix):
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole, cut, trailer = (tmp_path / f"{n}.{suffix}" for n in ("whole", "cut", "trailer"))
+    Image.fromarray(pixels).save(whole)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.8)])
+    trailer.write_bytes(data + b"\x00" * 100)  # bytes after the end marker are allowed
+    verify_files([str(whole), str(trailer)])
+    with pytest.raises(CorruptImageError, match=r"cut\.(jpg|png)"):  # PNG: PIL sees it too
+        verify_files([str(whole), str(cut)])
 
 
 def test_read_image_names_a_file_that_is_not_an_image(tmp_path):

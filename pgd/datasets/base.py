@@ -82,6 +82,7 @@ SPLITS_DEFAULTS: dict[str, Any] = {
     "bias_values": None,  # the bias value behind each sample, per split, as text
     "aligned_class": None,  # bias value -> the class it goes with (None: k goes with k)
     "input_shape": None,  # (C, H, W) of the images (None: the network's default)
+    "official_counts": None,  # split -> its size in the released dataset (None: no release)
 }
 
 

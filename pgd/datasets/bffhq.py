@@ -326,9 +326,11 @@ def load_bffhq(
     )
     n = {s: len(d) for s, d in splits.items()}
     what = "BFFHQ" if real else "BFFHQ STAND-IN (drawn faces in BFFHQ's file layout)"
+    official = real and pct.name == "0.5pct" and found == OFFICIAL_COUNTS
+    release = "" if official or not real or pct.name != "0.5pct" else "; NOT the release's counts"
     description = (
         f"{what}, target age, bias gender, {pct.name} ({n['train']:,} / {n['valid']:,} / "
-        f"{n['test']:,} images, {found['conflict']} bias-conflicting in training), "
+        f"{n['test']:,} images, {found['conflict']} bias-conflicting in training{release}), "
         f"{size}x{size} pixels" + (f", from {display_path(folder)}" if real else "")
     )
     return ImageSplits(
@@ -346,7 +348,16 @@ def load_bffhq(
         folder=folder,
         image_size=size,
         seed=order_seed,
-        official=real and pct.name == "0.5pct" and found == OFFICIAL_COUNTS,
+        official=official,
+        official_counts=(
+            {
+                "train": OFFICIAL_COUNTS["align"] + OFFICIAL_COUNTS["conflict"],
+                "valid": OFFICIAL_COUNTS["valid"],
+                "test": OFFICIAL_COUNTS["test"],
+            }
+            if pct.name == "0.5pct"
+            else None
+        ),
     )
 
 

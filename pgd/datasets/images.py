@@ -197,9 +197,34 @@ def decode_files(
     return cached(cache, decode, read)
 
 
+#: The end marker of each format whose files can be checked for truncation without decoding
+#: them: JPEG's EOI marker, PNG's IEND chunk. Found within the last :data:`TAIL_BYTES` bytes (a
+#: camera may append bytes after the marker).
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+TAIL_BYTES = 1024
+
+
+def _check_header_and_end(name: str) -> None:
+    """Open ``name``'s header (PIL's ``verify``) and, for JPEG and PNG, look for the format's end
+    marker in the file's last bytes: a file cut off mid-way has a valid header and no end."""
+    with open(name, "rb") as handle:
+        with Image.open(handle) as image:
+            kind = image.format
+            image.verify()
+        marker = END_MARKERS.get(kind or "")
+        if marker is None:
+            return
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(size - TAIL_BYTES, 0))
+        if marker not in handle.read():
+            raise OSError(f"the {kind} end marker is missing: the file is cut off")
+
+
 def verify_files(files: Sequence[str], full: bool = False, desc: str = "checking images") -> None:
-    """Check every image file before any training: its header (``full=False``: quick) or its
-    whole content (``full=True``), so that a damaged file stops the run at once, named.
+    """Check every image file before any training, so that a damaged file stops the run at once,
+    named: ``full=False`` (quick) opens its header and, for JPEG and PNG, checks that the file
+    ends with the format's end marker (a truncated copy has a valid header); ``full=True``
+    decodes it.
 
     Raises:
         CorruptImageError: the first damaged file.
@@ -210,8 +235,7 @@ def verify_files(files: Sequence[str], full: bool = False, desc: str = "checking
             read_image(name)
             continue
         try:
-            with Image.open(name) as image:
-                image.verify()
+            _check_header_and_end(name)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
             raise CorruptImageError(
                 f"cannot decode image {name} ({type(error).__name__}: {error}). The file is "
@@ -225,7 +249,8 @@ VERIFY_OPTION = Param(
     "verify",
     "quick",
     "check every image file before training, so that a damaged one stops the run at once: "
-    "quick (headers), full (decode every file), off. Images small enough to be kept in memory "
+    "quick (headers, and the end marker of JPEG and PNG files), full (decode every file), "
+    "off. Images small enough to be kept in memory "
     "are always decoded in full",
     choices=VERIFY_CHOICES,
 )
@@ -403,6 +428,7 @@ class ImageSplits(SplitsDefaults):
         folder: where the files are.
         image_size: side of the square images fed to the model.
         official: real data with the file counts of the release (see :attr:`is_full`).
+        official_counts: each split's size in the release (None: no release to compare with).
     """
 
     train: ImageFileDataset
@@ -420,6 +446,7 @@ class ImageSplits(SplitsDefaults):
     image_size: int
     seed: int = 0
     official: bool = False  # real data with the released file counts
+    official_counts: dict[str, int] | None = None  # split -> its size in the release
 
     @property
     def is_full(self) -> bool:

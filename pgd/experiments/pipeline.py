@@ -359,6 +359,7 @@ def run(
         "train_samples": len(data.train),
         "valid_samples": len(data.valid),
         "test_samples": len(data.test),
+        "official_counts": data.official_counts,
         "train_conflicting": train_conflicting,
         "train_conflicting_share": train_conflicting / len(data.train),
     }

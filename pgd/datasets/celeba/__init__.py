@@ -255,6 +255,7 @@ def load_celeba(
         image_size=size,
         seed=order_seed,
         official=real and all(counts[s] == layout.OFFICIAL_COUNTS[s] for s in counts),
+        official_counts={s: layout.OFFICIAL_COUNTS[s] for s in ("train", "valid", "test")},
     )
 
 

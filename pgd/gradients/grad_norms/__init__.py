@@ -44,8 +44,8 @@ the materialised gradient, so float32 results are as accurate as a per-sample ba
 
 A parametrized layer (``torch.nn.utils.parametrize``: ``weight_norm``, ``spectral_norm`` in eval
 mode, ``orthogonal``) reads a weight computed from its original parameters: those go to
-``torch.func`` on the layer, the innermost module whose calls enclose their uses and take the
-batch (the parametrization itself is called on the weight, not on the batch). Recurrent cells
+``torch.func`` on the layer that reads the weight (the parametrization modules are called on the
+weight, not on the batch, and are passed over). Recurrent cells
 (``nn.RNNCell``, ``GRUCell``, ``LSTMCell``, once or unrolled, with or without an initial state)
 go to ``torch.func``; where ``vmap`` cannot batch a module's forward, the same products are taken
 one sample at a time. A module whose outputs are computed from one another (``LSTMCell``:

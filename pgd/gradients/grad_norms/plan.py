@@ -103,6 +103,12 @@ def plan_units(
         for param in module._parameters.values():
             if param is not None:
                 holders.setdefault(id(param), []).append(id(module))
+    parametrizing = {
+        id(m)
+        for plist in model.modules()
+        if isinstance(plist, parametrize.ParametrizationList)
+        for m in plist.modules()
+    }
     units: dict[tuple[int, str], Unit] = {}
     unused: list[Tensor] = []
     seen: set[int] = set()
@@ -124,7 +130,7 @@ def plan_units(
             if common is None:
                 unused.append(param)
                 continue
-            where = _enclosing(param, common, modules, trace)
+            where = _enclosing(common, parametrizing)
             shared = [module_names[m] for m in holders[id(param)] if m != id(holder)]
             kind = closed_form(holder) if where == id(holder) and not shared else None
             if kind is not None:
@@ -141,13 +147,6 @@ def plan_units(
                     )
                 elif shared:
                     reason = f"{label} is tied with {', '.join(map(repr, shared))}"
-                elif where != id(holder) and not all(
-                    c.batch_first for c in trace.calls.get(id(holder), [])
-                ):
-                    reason = (
-                        f"{holder_name!r} is called on inputs whose first dimension is not the "
-                        "batch, inside a module that is called on the batch"
-                    )
                 elif where != id(holder):
                     reason = f"parameters of {holder_name!r} are also used outside its own calls"
                 else:
@@ -172,22 +171,14 @@ def plan_units(
     return list(units.values()), unused
 
 
-def _enclosing(
-    param: Tensor, common: list[int], modules: dict[int, nn.Module], trace: Trace
-) -> int:
-    """The innermost module whose calls enclose every use of ``param``, that has ``param`` among
-    its own or its children's parameters and that is called on the batch (inputs and outputs
-    batch-first): the module whose calls give ``param``'s per-sample gradients. A
-    parametrization (``weight_norm``'s ``_WeightNorm``) is called on the weight, not on the
-    batch: the parametrized layer that reads the weight is the one. Where no enclosing module
-    qualifies, the innermost one (refused later, naming it)."""
+def _enclosing(common: list[int], parametrizing: set[int]) -> int:
+    """The innermost module whose calls enclose every use of a parameter, passing over
+    parametrizations (``weight_norm``'s ``_WeightNorm`` and the ``ParametrizationList`` that holds
+    the original parameters): those are called on the weight, not on the batch, and the layer that
+    reads the parametrized weight is the module whose calls give the originals' per-sample
+    gradients."""
     for key in reversed(common):
-        calls = trace.calls.get(key, [])
-        takes_batch = all(
-            c.outputs_ok and (c.batch_first or closed_form(modules[key]) == "embedding_bag")
-            for c in calls
-        )
-        if takes_batch and any(p is param for p in modules[key].parameters()):
+        if key not in parametrizing:
             return key
     return common[-1]
 
