@@ -211,6 +211,17 @@ def test_own_protocols_train_each_method_as_its_paper_and_skip_the_others(tmp_pa
     }
 
 
+def test_dfa_s_own_protocol_trains_its_16_unit_encoders_with_its_optimiser(tmp_path):
+    grid = run_grid(
+        out=tmp_path,
+        **{**GRID, "methods": "dfa", "ratios": "0.05", "seeds": 1},
+        protocols="own",
+        tune=False,
+    )
+    row = grid.results.set_index(["protocol", "method"]).loc[("own", "dfa")]
+    assert row["model"] == "dfa_mlp" and 0 <= row["accuracy"] <= 100
+
+
 def test_schedules_are_a_grid_dimension(tmp_path):
     grid = run_grid(
         out=tmp_path,

@@ -353,3 +353,29 @@ def test_a_cached_value_is_computed_once_and_recomputed_when_damaged_or_stale(tm
     cached(path, compute, read, stale=said.append)
     assert len(calls) == 4 and len(said) == 3 and "version 1" in str(said[0])
     assert torch.equal(safe_load(path)["w"], torch.arange(3))  # the recomputed value was saved
+
+
+def test_a_delayed_decay_starts_counting_its_steps_after_the_delay():
+    """DFA steps its scheduler only from its curriculum step on: with a delay of 2 epochs and a
+    step of 2, the rate falls at epochs 4 and 6, not 2, 4 and 6."""
+    from pgd.training.loop import make_scheduler
+
+    config = TrainConfig(epochs=8, optimizer="sgd", lr=1.0, lr_step=2, lr_gamma=0.5, lr_delay=2)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, rates = make_scheduler(optimizer, config), []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_a_field_added_at_its_default_leaves_the_checkpoint_identity_as_it_was():
+    """Checkpoints written before ``lr_delay`` existed stay valid: at its default it is not part
+    of the identity; set, it is."""
+    from dataclasses import asdict
+
+    plain = TrainConfig(epochs=3)
+    before = {k: v for k, v in asdict(plain).items() if k != "lr_delay"}
+    assert plain.identity() == before
+    assert TrainConfig(epochs=3, lr_delay=1).identity() == {**before, "lr_delay": 1}

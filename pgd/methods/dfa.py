@@ -45,7 +45,7 @@ from ..core.params import Param
 from ..core.runtime import seed_everything
 from ..models import network_parts
 from ..training.objectives import GeneralizedCELoss, Objective
-from .base import MethodOutcome, MethodSpec, Trainer
+from .base import MethodOutcome, MethodSpec, Protocol, Trainer
 from .difficulty import RelativeDifficulty
 
 
@@ -191,6 +191,22 @@ def _fraction(value: float) -> float:
 
 #: DFA's published loss weights per dataset (``scripts/run_<dataset>_ours.sh`` of the official
 #: code); Colored MNIST's are the settings' defaults.
+#: DFA's own protocols (the comparison grid's ``own``): its networks and optimisers, from its
+#: official scripts; its loss weights are its defaults per dataset (:data:`DATASET_SETTINGS`).
+PROTOCOLS = {
+    "cmnist": Protocol(
+        {"model": "dfa_mlp"},
+        "DFA (Lee et al., 2021) on Colored MNIST: encoders of 100, 100 and 16 units, heads over "
+        "the two 16-unit codes, Adam, lr 0.01, batch 256, the rate halved every fifth of training "
+        "from two fifths on (scripts/run_cmnist_ours.sh)",
+    ),
+    "bffhq": Protocol(
+        {"model": "dfa_resnet18"},
+        "DFA on BFFHQ: ResNet-18 from scratch, Adam, lr 1e-4, batch 64, the rate x0.1 every "
+        "fifth of training from two fifths on (scripts/run_bffhq_ours.sh)",
+    ),
+}
+
 DATASET_SETTINGS: Mapping[str, Mapping[str, float]] = {
     "bffhq": {"dfa_lambda_dis_align": 2.0, "dfa_lambda_swap_align": 2.0, "dfa_lambda_swap": 0.1},
 }
@@ -238,4 +254,5 @@ SPEC = MethodSpec(
         ),
     ),
     dataset_settings=DATASET_SETTINGS,
+    protocols=PROTOCOLS,
 )

@@ -20,7 +20,8 @@ from ..core.params import lookup
 
 
 class MLP(nn.Module):
-    """The MLP of LfF and DFA for Colored MNIST: three hidden layers of 100 units with ReLU.
+    """The MLP of LfF for Colored MNIST: three hidden layers of 100 units with ReLU (``widths``
+    gives other hidden layers: DFA's encoder is 100, 100, 16).
 
     Input ``(B, 3, 28, 28)`` (flattened to 2,352), output ``(B, num_classes)`` logits.
     """
@@ -31,13 +32,14 @@ class MLP(nn.Module):
         in_features: int = 3 * 28 * 28,
         hidden: int = 100,
         depth: int = 3,
+        widths: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
+        for out in widths if widths is not None else (hidden,) * depth:
+            layers += [nn.Linear(width, out), nn.ReLU()]
+            width = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
 
@@ -180,7 +182,19 @@ class TinyViT(nn.Module):
         return self.classifier(self.norm(self.blocks(self.position(tokens))).mean(1))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "resnet18": resnet18}
+def dfa_mlp(num_classes: int = 10, in_features: int = 3 * 28 * 28) -> MLP:
+    """DFA's Colored MNIST encoder (``MLP_DISENTANGLE``: hidden layers of 100, 100 and 16 units
+    with ReLU) with a linear classifier; DFA's heads read two such 16-unit codes."""
+    return MLP(num_classes=num_classes, in_features=in_features, widths=(100, 100, 16))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "resnet18": resnet18,
+    "dfa_mlp": dfa_mlp,
+    "dfa_resnet18": resnet18,  # DFA's BFFHQ network, under its own schedule
+}
 
 
 def build_model(
@@ -189,7 +203,7 @@ def build_model(
     pretrained: bool = False,
     input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """A freshly initialised model by name (``mlp``, ``cnn`` or ``resnet18``); ``pretrained``
+    """A freshly initialised model by name (:data:`MODELS`); ``pretrained``
     (ResNet-18 only) starts from ImageNet weights; ``input_shape`` ``(C, H, W)`` sizes the MLP's
     first layer (default 3 x 28 x 28; the convolutional networks take any size).
 
@@ -198,12 +212,13 @@ def build_model(
     """
     lookup(MODELS, name, "model")
     key = name.strip().lower()
-    if key == "resnet18":
+    if key in ("resnet18", "dfa_resnet18"):
         return resnet18(num_classes=num_classes, pretrained=pretrained)
     if pretrained:
         raise ValueError(f"only resnet18 has pretrained weights, not {name!r}")
-    if key == "mlp" and input_shape is not None:
-        return MLP(num_classes=num_classes, in_features=int(torch.Size(input_shape).numel()))
+    if key in ("mlp", "dfa_mlp") and input_shape is not None:
+        features = int(torch.Size(input_shape).numel())
+        return MODELS[key](num_classes=num_classes, in_features=features)
     return MODELS[key](num_classes=num_classes)
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -41,6 +42,9 @@ class TrainConfig:
         optimizer: ``sgd`` (with ``momentum``) or ``adam``.
         lr, momentum, weight_decay: optimiser settings.
         lr_step: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs (None: never).
+        lr_delay: count those ``lr_step`` epochs only from epoch ``lr_delay`` on (DFA steps its
+            scheduler only from its curriculum step on, so its first decay comes at
+            ``lr_delay + lr_step``); None: from the start.
         loss: ``ce`` (cross-entropy) or ``gce`` (generalized cross-entropy, the biased model's).
         gce_q: the GCE exponent q.
         selection: which epoch's weights to keep: lowest validation loss, highest validation
@@ -65,6 +69,19 @@ class TrainConfig:
     selection: str = "valid_loss"
     amp: bool = False
     channels_last: bool = False
+    lr_delay: int | None = None
+
+    #: Fields added after checkpoints were written: they enter a stage's identity only where
+    #: they differ from their default, so that every checkpoint written before stays valid.
+    OPTIONAL_IN_IDENTITY: ClassVar[tuple[str, ...]] = ("lr_delay",)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a stage checkpoint is matched on (see :attr:`OPTIONAL_IN_IDENTITY`)."""
+        fields = asdict(self)
+        for name in self.OPTIONAL_IN_IDENTITY:
+            if fields[name] is None:
+                del fields[name]
+        return fields
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -117,11 +134,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.StepLR:
+) -> torch.optim.lr_scheduler.LRScheduler:
     """``config``'s learning-rate schedule, stepped once per epoch: ``lr_gamma`` every
-    ``lr_step`` epochs (never, where ``lr_step`` is None)."""
+    ``lr_step`` epochs (never, where ``lr_step`` is None), counted from epoch ``lr_delay``."""
     step = config.lr_step if config.lr_step else config.epochs + 1
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+    if config.lr_delay is None:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+    delay, gamma = config.lr_delay, config.lr_gamma
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: gamma ** (max(0, epoch - delay) // step)
+    )
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -209,7 +231,7 @@ def train(
     if objective is None:
         objective = Objective(config.loss, config.gce_q)
     loader = batch_loader(train_set, config.batch_size, sampler, pin_memory=cuda)
-    identity = {"fingerprint": fingerprint, "config": asdict(config)}
+    identity = {"fingerprint": fingerprint, "config": config.identity()}
     store = StageCheckpoint(checkpoint, identity) if checkpoint is not None else None
     tracker = SelectionTracker(config.selection)
     start, history, resumed_from = 0, [], None

@@ -4,7 +4,9 @@ what each training stage changes (the biased model's GCE loss, the last-epoch se
 ``cnn`` follows the official PGD code (SGD, lr 0.02, momentum 0.9, weight decay 1e-3, batch 128,
 learning rate x0.1 every 40% of the epochs: every 40 of 100). ``mlp`` follows LfF and DFA (Adam,
 lr 1e-3, batch 256, no decay). ``resnet18`` follows DFA on BFFHQ (Adam, lr 1e-4, batch 64, no
-decay), with mixed precision and channels-last memory on CUDA.
+decay), with mixed precision and channels-last memory on CUDA. ``dfa_mlp`` is DFA's own Colored
+MNIST protocol (its 16-unit encoder; Adam, lr 0.01, batch 256, the rate halved in steps after its
+curriculum step).
 """
 
 from __future__ import annotations
@@ -48,11 +50,37 @@ def _mlp(epochs: int) -> TrainConfig:
     )
 
 
+def _dfa_mlp(epochs: int) -> TrainConfig:
+    """DFA on Colored MNIST (``scripts/run_cmnist_ours.sh``): Adam, lr 0.01, batch 256, the rate
+    halved every 10,000 of its 50,000 steps counted from its curriculum step 10,000 (first at
+    20,000): as fractions of the schedule, every 20 % from 20 % on."""
+    fifth = max(1, round(0.2 * epochs))
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=256,
+        optimizer="adam",
+        lr=0.01,
+        weight_decay=0.0,
+        lr_step=fifth,
+        lr_gamma=0.5,
+        lr_delay=fifth,
+    )
+
+
+def _dfa_resnet18(epochs: int) -> TrainConfig:
+    """DFA on BFFHQ (``scripts/run_bffhq_ours.sh``): the ResNet-18 schedule, with the rate x0.1
+    (the script leaves ``lr_gamma`` at its default) every fifth of training from two fifths on."""
+    fifth = max(1, round(0.2 * epochs))
+    return TrainConfig(**{**asdict(_resnet18(epochs)), "lr_step": fifth, "lr_delay": fifth})
+
+
 #: Model name -> its training hyper-parameters for a number of epochs.
 SCHEDULES: dict[str, Callable[[int], TrainConfig]] = {
     "cnn": _cnn,
     "resnet18": _resnet18,
     "mlp": _mlp,
+    "dfa_mlp": _dfa_mlp,
+    "dfa_resnet18": _dfa_resnet18,
 }
 
 #: Training stage -> what it changes in its model's schedule. ``biased``: PGD's biased model
