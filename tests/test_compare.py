@@ -333,3 +333,31 @@ def test_diagnostics_by_seed_show_each_runs_error_set_not_only_the_mean():
     assert list(table.index) == [("JTT", "1%", 0), ("JTT", "1%", 1), ("JTT", "1%", 2)]
     assert table["error set"].tolist() == [194, 715, 400]
     assert table["conflicting in it (%)"].tolist() == [17.0, 2.0, 5.0]
+
+
+def test_the_budget_table_sets_each_method_beside_itself_under_both_budgets():
+    rows = []
+    for seed in (0, 1):
+        for method, stage, total in (("vanilla", 40.0, 44.0), ("lff", 50.0, 49.0)):
+            for budget, value in (("stage", stage), ("total", total)):
+                rows.append((method, seed, budget, value + seed))
+        for budget in ("stage", "total"):  # PGD: the same runs under both budgets
+            rows.append(("pgd", seed, budget, 47.0 + seed))
+    frame = pd.DataFrame(
+        [
+            {"method": m, "seed": s, "budget": b, "accuracy": a, "ratio": 0.01,
+             "schedule": "full", "protocol": "shared", "selection": "last"}
+            for m, s, b, a in rows
+        ]
+    )  # fmt: skip
+    table = compare.budget_table(frame, ratio=0.01, selection="last")
+    assert list(table.index) == ["Vanilla (ERM)", "LfF", "PGD (last layer)"]
+    assert table.loc["Vanilla (ERM)", "total budget"] == "44.5 ± 0.7"
+    assert table.loc["Vanilla (ERM)", "change"] == 4.0
+    assert table.loc["PGD (last layer)", "change"] == 0.0
+    assert table["rank (stage)"].tolist() == [3, 1, 2]
+    assert table["rank (total)"].tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="no results under the total budget"):
+        compare.budget_table(frame[frame["budget"] == "stage"], ratio=0.01, selection="last")
+    with pytest.raises(ValueError, match="several values of selection"):
+        compare.budget_table(pd.concat([frame, frame.assign(selection="valid_loss")]), ratio=0.01)

@@ -228,6 +228,60 @@ def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     return seconds.round(2)
 
 
+def budget_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) -> pd.DataFrame:
+    """Every method under both training budgets: ``mean +- std`` over seeds of ``metric`` with
+    the schedule's epochs per stage (``stage``: PGD's two stages train twice as long as a
+    one-stage method) and with PGD's total number of epochs (``total``), the change of the mean,
+    and each method's rank under each budget (1: highest mean). One row per method (grid order,
+    oracles marked as their labels say); ``where`` fixes the other dimensions (``ratio``,
+    ``schedule``, ``protocol``, ``selection``). A method of as many stages as PGD has the same
+    runs under both budgets.
+
+    Raises:
+        ValueError: the rows lack one of the budgets, or still span several values of another
+            dimension.
+    """
+    frame = select(results, **where)
+    for column in ("ratio", *DIMENSIONS):
+        if column != "budget" and column in frame and frame[column].nunique(dropna=False) > 1:
+            raise ValueError(
+                f"the results hold several values of {column} "
+                f"({', '.join(map(str, frame[column].unique()))}): fix it in budget_table(...)"
+            )
+    missing = [b for b in ("stage", "total") if b not in set(frame["budget"])]
+    if missing:
+        raise ValueError(f"no results under the {' and '.join(missing)} budget")
+    stats = frame.groupby(["method", "budget"], sort=False)[metric].agg(["mean", "std", "count"])
+    entries, labels = grid_entries()
+    order = [m for m in entries if m in stats.index.get_level_values("method")]
+    rows = []
+    for method in order:
+        row: dict[str, Any] = {"method": labels[method]}
+        for budget in ("stage", "total"):
+            if (method, budget) not in stats.index:
+                row[f"{budget} budget"], row[f"rank ({budget})"] = "", None
+                continue
+            r = stats.loc[(method, budget)]
+            row[f"{budget} budget"] = (
+                f"{r['mean']:.1f} ± {r['std']:.1f}" if r["count"] > 1 else f"{r['mean']:.1f}"
+            )
+        both = [(method, b) in stats.index for b in ("stage", "total")]
+        row["change"] = (
+            round(stats.loc[(method, "total"), "mean"] - stats.loc[(method, "stage"), "mean"], 1)
+            if all(both)
+            else None
+        )
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("method")
+    for budget in ("stage", "total"):
+        means = {
+            labels[m]: stats.loc[(m, budget), "mean"] for m in order if (m, budget) in stats.index
+        }
+        ranked = pd.Series(means).rank(ascending=False, method="min")
+        table[f"rank ({budget})"] = ranked.reindex(table.index).astype("Int64")
+    return table[["stage budget", "total budget", "change", "rank (stage)", "rank (total)"]]
+
+
 def diagnostics_by_seed(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     """The methods' own diagnostics (:data:`EXTRA_COLUMNS`: JTT's error set) run by run: one row
     per method, ratio and seed that has them, with the hyper-parameters the run used; the spread
