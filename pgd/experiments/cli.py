@@ -368,7 +368,7 @@ def _compare(args: argparse.Namespace) -> int:
         )
         print(summary_table(part, "accuracy").to_string())
     print("\nwall time per run (s), mean over seeds and schedules")
-    print(wall_time_table(results, protocol=first["protocol"], budget="stage").to_string())
+    print(wall_time_table(results, protocol=first["protocol"], budget=first["budget"]).to_string())
     if not grid.tuning.empty:
         chosen = grid.tuning[grid.tuning["chosen"]]
         print("\nhyper-parameters chosen on the validation split (first seed)")
