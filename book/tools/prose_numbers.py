@@ -154,7 +154,11 @@ def _outputs_text(cell: dict) -> Iterator[str]:
 
 
 def chapter_outputs(notebook: Path) -> set[float]:
-    cells = json.loads(notebook.read_text())["cells"]
+    """Every number the chapter's code cells printed."""
+    return _printed(json.loads(notebook.read_text())["cells"])
+
+
+def _printed(cells: list[dict]) -> set[float]:
     printed: set[float] = set()
     for cell in cells:
         if cell.get("cell_type") == "code":
@@ -174,7 +178,7 @@ class Unmatched:
 
 def check_chapter(notebook: Path) -> list[Unmatched]:
     cells = json.loads(notebook.read_text())["cells"]
-    printed = chapter_outputs(notebook)
+    printed = _printed(cells)
     missing = []
     for index, cell in enumerate(cells):
         if cell.get("cell_type") != "markdown":
