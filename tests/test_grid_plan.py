@@ -118,6 +118,9 @@ def test_the_total_budget_gives_one_stage_methods_pgds_epochs_in_all():
     assert len(vanilla) == 2
 
 
-def test_a_total_budget_of_one_stage_methods_alone_changes_nothing():
-    plan = plan_grid("cmnist", **(PLAN | {"methods": ["vanilla"]}), budgets=["stage", "total"])
-    assert len({p.candidates[0].key for p in plan}) == 2  # the two ratios, each run once
+def test_a_total_budget_of_one_stage_methods_alone_is_refused_naming_the_fix():
+    # it would silently be the stage budget: a grid run as 'total' that is not
+    with pytest.raises(ValueError, match=r"has one stage.*--methods vanilla,pgd"):
+        plan_grid("cmnist", **(PLAN | {"methods": ["vanilla", "jtt"]}), budgets=["total"])
+    plan = plan_grid("cmnist", **(PLAN | {"methods": ["vanilla"]}), budgets=["stage"])
+    assert len(plan) == 2  # the stage budget alone is planned as before

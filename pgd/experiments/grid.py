@@ -171,12 +171,23 @@ def plan_grid(
             run under both budgets).
         train_samples: the training set's size, which sets the schedule's epochs under a
             profile bounded by work (needed for the ``total`` budget without ``epochs``).
+
+    Raises:
+        ValueError: no seed; or the ``total`` budget where every method has one stage (it would
+            be the stage budget under another name).
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
     entries = grid_entries()[0]
     specs = {method: METHODS[entries[method]["method"]] for method in methods}
     most = max((spec.stages for spec in specs.values()), default=1)
+    if "total" in budgets and most == 1 and methods:
+        raise ValueError(
+            "the total budget gives every method as many epochs in all as the requested method "
+            f"of most stages, and every requested method ({', '.join(methods)}) has one stage: "
+            "it would be the stage budget under another name. Request a method of several "
+            "stages beside them (e.g. --methods vanilla,pgd)"
+        )
     planned: list[PlannedMethod] = []
     for schedule in schedules:
         for budget in budgets:
