@@ -346,6 +346,16 @@ def test_diagnostics_by_seed_show_each_runs_error_set_not_only_the_mean():
     assert list(table.index) == [("JTT", "1%", 0), ("JTT", "1%", 1), ("JTT", "1%", 2)]
     assert table["error set"].tolist() == [194, 715, 400]
     assert table["conflicting in it (%)"].tolist() == [17.0, 2.0, 5.0]
+    for i, row in enumerate(rows):
+        row["accuracy"] = 40.0 + i
+    frame = pd.DataFrame([*rows, rows[0] | {"selection": "last", "accuracy": 99.0}])
+    with pytest.raises(ValueError, match="several rules or settings"):
+        compare.diagnostics_by_seed(frame, "accuracy", schedule="full")
+    frame["selection"] = frame["selection"].fillna("valid_loss")
+    table = compare.diagnostics_by_seed(frame, "accuracy", schedule="full", selection="last")
+    assert table["test accuracy (%)"].tolist() == [99.0]  # the run's row under that rule
+    table = compare.diagnostics_by_seed(frame, "accuracy", selection="valid_loss")
+    assert table["test accuracy (%)"].tolist() == [40.0, 41.0, 42.0]
 
 
 def test_the_budget_table_sets_each_method_beside_itself_under_both_budgets():

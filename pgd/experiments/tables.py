@@ -282,14 +282,29 @@ def budget_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) 
     return table[["stage budget", "total budget", "change", "rank (stage)", "rank (total)"]]
 
 
-def diagnostics_by_seed(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
+def diagnostics_by_seed(
+    results: pd.DataFrame, metric: str | None = None, **where: Any
+) -> pd.DataFrame:
     """The methods' own diagnostics (:data:`EXTRA_COLUMNS`: JTT's error set) run by run: one row
     per method, ratio and seed that has them, with the hyper-parameters the run used; the spread
     a mean over seeds hides. Shares in %: how much of the error set is bias-conflicting (its
-    purity) and how many of the conflicting samples it holds (its recall)."""
-    frame = select(results, **where).drop_duplicates("run")
+    purity) and how many of the conflicting samples it holds (its recall). ``metric`` (e.g.
+    ``"accuracy"``) adds that test metric of each run, beside what it drew from.
+
+    Raises:
+        ValueError: ``metric`` is asked for, but a run still appears under several selection
+            rules or settings (fix them in ``where``, e.g. ``selection="last"``).
+    """
+    frame = select(results, **where)
     frame = frame[frame[list(EXTRA_COLUMNS)].notna().any(axis=1)]
-    table = frame[["label", "ratio", "seed", "hparams", *EXTRA_COLUMNS]].assign(
+    if metric is not None and frame["run"].duplicated().any():
+        raise ValueError(
+            f"a run appears under several rules or settings, so its {metric} is not one number: "
+            "fix them, e.g. diagnostics_by_seed(results, metric, selection='last')"
+        )
+    frame = frame.drop_duplicates("run")
+    shown = [*EXTRA_COLUMNS, *([metric] if metric else [])]
+    table = frame[["label", "ratio", "seed", "hparams", *shown]].assign(
         ratio=frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%"),
         error_set_conflicting_share=100 * frame["error_set_conflicting_share"],
         conflicting_in_error_set=100 * frame["conflicting_in_error_set"],
@@ -301,6 +316,7 @@ def diagnostics_by_seed(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
                 "error_set_size": "error set",
                 "error_set_conflicting_share": "conflicting in it (%)",
                 "conflicting_in_error_set": "of all conflicting (%)",
+                **({metric: f"test {metric.replace('_', ' ')} (%)"} if metric else {}),
             }
         )
         .set_index(["method", "ratio", "seed"])
