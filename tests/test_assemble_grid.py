@@ -1,5 +1,6 @@
 """Putting one results table together from several grids' outputs (book/tools/assemble_grid.py):
-each method from one source, no key twice, older tables' rows marked with the stage budget."""
+no key twice, a method run in parts taken from each part, older tables' rows marked with the stage
+budget."""
 
 from __future__ import annotations
 
@@ -49,12 +50,15 @@ def test_methods_are_taken_from_their_sources_in_grid_order(tmp_path):
     assert tuning["method"].tolist() == ["jtt"]
 
 
-def test_a_method_taken_twice_or_a_key_held_twice_is_refused(tmp_path):
+def test_a_key_held_twice_is_refused_and_a_method_run_in_parts_is_taken(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     _rows("vanilla").to_csv(a, index=False)
     _rows("vanilla").to_csv(b, index=False)
-    with pytest.raises(SystemExit, match="vanilla is taken from both"):
+    with pytest.raises(SystemExit, match="two rows share a key"):  # the same runs twice
         assemble_grid.assemble([(a, ["vanilla"]), (b, ["vanilla"])])
+    _rows("vanilla", seeds=(2,)).to_csv(b, index=False)  # another seed, run apart: taken
+    results, _ = assemble_grid.assemble([(a, ["vanilla"]), (b, ["vanilla"])])
+    assert results["seed"].tolist() == [0, 1, 2]
     pd.concat([_rows("pgd"), _rows("pgd")]).to_csv(a, index=False)
     with pytest.raises(SystemExit, match="two rows share a key"):
         assemble_grid.assemble([(a, ["pgd"])])

@@ -9,10 +9,10 @@ each source and writes ``PREFIX.csv`` and ``PREFIX_tuning.csv``::
         --take _build/runs-full/compare/cmnist-main=dfa,jtt,groupdro
 
 A source is a grid folder (its ``results.csv`` and ``tuning.csv``) or a committed results CSV
-(its tuning table beside it, ``NAME_tuning.csv``). A method comes from one source only, and no
-two rows may share a key (method, dataset, ratio, seed and every grid dimension): the script
-refuses instead of choosing. Rows of an older table without a ``budget`` column ran under the
-stage budget (the only one there was) and say so.
+(its tuning table beside it, ``NAME_tuning.csv``). A method may come from several sources (its
+ratios or schedules run apart), but no two rows may share a key (method, dataset, ratio, seed and
+every grid dimension): the script refuses instead of choosing. Rows of an older table without a
+``budget`` column ran under the stage budget (the only one there was) and say so.
 """
 
 from __future__ import annotations
@@ -47,18 +47,14 @@ def _read(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def assemble(takes: list[tuple[Path, list[str]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows of each source's named methods, in grid order; refuses a method taken twice or a
-    key held by two rows."""
-    seen: dict[str, Path] = {}
+    """The rows of each source's named methods, in grid order; refuses a key held by two rows (a
+    run taken from two sources, or one source's rows twice)."""
     results, tuning = [], []
     for source, methods in takes:
         frame, tuned = _read(source)
         for method in methods:
-            if method in seen:
-                raise SystemExit(f"{method} is taken from both {seen[method]} and {source}")
             if method not in set(frame["method"]):
                 raise SystemExit(f"{source} holds no rows of {method}")
-            seen[method] = source
         results.append(frame[frame["method"].isin(methods)])
         if not tuned.empty:
             tuning.append(tuned[tuned["method"].isin(methods)])
