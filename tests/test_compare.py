@@ -380,6 +380,14 @@ def test_the_budget_table_sets_each_method_beside_itself_under_both_budgets():
     assert table.loc["PGD (last layer)", "change"] == 0.0
     assert table["rank (stage)"].tolist() == [3, 1, 2]
     assert table["rank (total)"].tolist() == [3, 1, 2]
+    # a method run under one budget only is shown, but not ranked: both ranks compare one field
+    alone = pd.DataFrame([rows_frame_row | {"method": "jtt", "accuracy": 99.0} for rows_frame_row
+                          in frame[frame["method"] == "vanilla"].to_dict("records")
+                          if rows_frame_row["budget"] == "stage"])  # fmt: skip
+    table = compare.budget_table(pd.concat([frame, alone]), ratio=0.01, selection="last")
+    assert table.loc["JTT", "total budget"] == "not run"
+    assert pd.isna(table.loc["JTT", "rank (stage)"]) and pd.isna(table.loc["JTT", "change"])
+    assert table["rank (stage)"].dropna().tolist() == [3, 1, 2]
     with pytest.raises(ValueError, match="no results under the total budget"):
         compare.budget_table(frame[frame["budget"] == "stage"], ratio=0.01, selection="last")
     with pytest.raises(ValueError, match="several values of selection"):

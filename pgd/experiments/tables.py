@@ -232,7 +232,8 @@ def budget_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) 
     """Every method under both training budgets: ``mean +- std`` over seeds of ``metric`` with
     the schedule's epochs per stage (``stage``: PGD's two stages train twice as long as a
     one-stage method) and with PGD's total number of epochs (``total``), the change of the mean,
-    and each method's rank under each budget (1: highest mean). One row per method (grid order,
+    and each method's rank under each budget (1: highest mean) among the methods run under both,
+    so that the two ranks compare the same field. One row per method (grid order,
     oracles marked as their labels say); ``where`` fixes the other dimensions (``ratio``,
     ``schedule``, ``protocol``, ``selection``). A method of as many stages as PGD has the same
     runs under both budgets.
@@ -259,7 +260,7 @@ def budget_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) 
         row: dict[str, Any] = {"method": labels[method]}
         for budget in ("stage", "total"):
             if (method, budget) not in stats.index:
-                row[f"{budget} budget"], row[f"rank ({budget})"] = "", None
+                row[f"{budget} budget"] = "not run"
                 continue
             r = stats.loc[(method, budget)]
             row[f"{budget} budget"] = (
@@ -273,10 +274,9 @@ def budget_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any) 
         )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
+    under_both = [m for m in order if all((m, b) in stats.index for b in ("stage", "total"))]
     for budget in ("stage", "total"):
-        means = {
-            labels[m]: stats.loc[(m, budget), "mean"] for m in order if (m, budget) in stats.index
-        }
+        means = {labels[m]: stats.loc[(m, budget), "mean"] for m in under_both}
         ranked = pd.Series(means).rank(ascending=False, method="min")
         table[f"rank ({budget})"] = ranked.reindex(table.index).astype("Int64")
     return table[["stage budget", "total budget", "change", "rank (stage)", "rank (total)"]]
