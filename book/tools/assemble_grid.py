@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pgd.experiments.compare import grid_entries
+from pgd.training.checkpoints import load_checkpoint
 
 KEY = ["dataset", "source", "ratio", "method", "seed", "schedule", "budget", "protocol"]
 
@@ -44,6 +45,21 @@ def _read(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not frame.empty and "budget" not in frame:
             frame["budget"] = "stage"
     return frames[0], frames[1]
+
+
+def training_seconds(run_folder: Path) -> float | None:
+    """The training time of a run: the sum of the per-epoch seconds its checkpoints' histories
+    hold, over every stage (``*.pt``); None where the folder holds no finished checkpoint. Unlike
+    the grid's ``seconds``, which times its own invocation, it counts a run once however often it
+    was resumed or read back."""
+    total, found = 0.0, False
+    for path in sorted(run_folder.glob("*.pt")):
+        checkpoint = load_checkpoint(path)
+        if not checkpoint or not checkpoint.get("finished"):
+            return None
+        total += sum(epoch.get("seconds", 0.0) for epoch in checkpoint.get("history", []))
+        found = True
+    return total if found else None
 
 
 def assemble(takes: list[tuple[Path, list[str]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,6 +97,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="PREFIX: writes PREFIX.csv, PREFIX_tuning.csv")
     parser.add_argument(
+        "--runs",
+        type=Path,
+        help="the grids' checkpoint folder: each run found there gets its training time from "
+        "its checkpoints (seconds), not the time of the invocation that wrote the row",
+    )
+    parser.add_argument(
         "--take",
         action="append",
         required=True,
@@ -95,6 +117,12 @@ def main() -> None:
             raise SystemExit(f"--take {take}: name the methods, e.g. {source}=vanilla,pgd")
         takes.append((Path(source), methods.split(",")))
     results, tuning = assemble(takes)
+    if args.runs is not None:
+        found = {run: training_seconds(args.runs / run) for run in results["run"].unique()}
+        timed = results["run"].map(found)
+        results["seconds"] = timed.fillna(results["seconds"])
+        timed_runs = sum(value is not None for value in found.values())
+        print(f"training time from the checkpoints of {timed_runs} of {len(found)} runs")
     out = Path(args.out)
     results.to_csv(out.with_name(f"{out.name}.csv"), index=False)
     tuning.to_csv(out.with_name(f"{out.name}_tuning.csv"), index=False)
