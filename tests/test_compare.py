@@ -392,3 +392,25 @@ def test_the_budget_table_sets_each_method_beside_itself_under_both_budgets():
         compare.budget_table(frame[frame["budget"] == "stage"], ratio=0.01, selection="last")
     with pytest.raises(ValueError, match="several values of selection"):
         compare.budget_table(pd.concat([frame, frame.assign(selection="valid_loss")]), ratio=0.01)
+
+
+def test_the_coverage_table_says_where_each_method_ran_and_why_it_did_not():
+    rows = [
+        {"dataset": "cmnist", "method": m, "ratio": r, "seed": s, "schedule": sc,
+         "budget": "stage", "protocol": p, "selection": sel}
+        for m, r, sc, p in (
+            ("vanilla", 0.01, "full", "shared"), ("vanilla", 0.05, "full", "shared"),
+            ("vanilla", 0.01, "full", "own"), ("jtt", 0.01, "full", "shared"),
+            ("pgd", 0.05, "quick", "shared"),
+        )
+        for s in (0, 1)
+        for sel in ("last", "valid_loss")
+    ]  # fmt: skip
+    table = compare.coverage_table(pd.DataFrame(rows))
+    assert list(table.index) == ["Vanilla (ERM)", "JTT", "PGD (last layer)"]  # grid order
+    assert table.loc["Vanilla (ERM)", ("full", "stage", "shared")] == "1%, 5%"
+    assert table.loc["JTT", ("full", "stage", "own")] == "no own protocol"  # JTT has none
+    assert table.loc["PGD (last layer)", ("full", "stage", "own")] == "not run"  # PGD has one
+    assert table.loc["JTT", ("quick", "stage", "shared")] == "not run"
+    with pytest.raises(ValueError, match="several datasets"):
+        compare.coverage_table(pd.DataFrame(rows).assign(dataset=["cmnist", "celeba"] * 10))

@@ -14,6 +14,7 @@ import pandas as pd
 from ..core.runtime import code_fingerprint
 from ..core.storage import atomic_write_text
 from ..methods.base import format_setting
+from ..methods.registry import METHODS
 from .grid import Cell, grid_entries
 
 #: Method diagnostics copied into the results table (JTT's error set; empty for the others).
@@ -322,3 +323,33 @@ def diagnostics_by_seed(
         .set_index(["method", "ratio", "seed"])
         .round(1)
     )
+
+
+def coverage_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Which cells a grid's results hold: one row per method (grid order, labelled), one column
+    per (schedule, budget, protocol), each entry the conflicting ratios the method ran at there
+    (``"0.5%, 1%"``); ``"not run"`` where it did not, ``"no own protocol"`` under ``own`` for a
+    method that has none on the dataset.
+
+    Raises:
+        ValueError: the results span several datasets (select one first).
+    """
+    if results["dataset"].nunique() > 1:
+        raise ValueError("the results span several datasets: select(results, dataset=...) first")
+    dataset = results["dataset"].iloc[0]
+    dims = ["schedule", "budget", "protocol"]
+    cells = results.drop_duplicates(["method", "ratio", "seed", *dims])
+    table = (
+        cells.groupby(["method", *dims], sort=False)["ratio"]
+        .agg(lambda ratios: ", ".join(f"{100 * r:g}%" for r in sorted(ratios.dropna().unique())))
+        .unstack(dims)
+    )
+    entries, labels = grid_entries()
+    for method in table.index:
+        has_own = dataset in METHODS[entries[method]["method"]].protocols
+        for column in table.columns:
+            if pd.isna(table.loc[method, column]):
+                no_own = column[-1] == "own" and not has_own
+                table.loc[method, column] = "no own protocol" if no_own else "not run"
+    order = [method for method in entries if method in table.index]
+    return table.loc[order].rename(index=labels)
