@@ -17,6 +17,12 @@ from ..methods.base import format_setting
 from ..methods.registry import METHODS
 from .grid import Cell, grid_entries
 
+
+def ratio_label(ratio: float) -> str:
+    """A conflicting ratio as the tables print it: ``0.005 -> "0.5%"``; ``"-"`` for none."""
+    return "-" if pd.isna(ratio) else f"{100 * ratio:g}%"
+
+
 #: Method diagnostics copied into the results table (JTT's error set; empty for the others).
 EXTRA_COLUMNS = ("error_set_size", "error_set_conflicting_share", "conflicting_in_error_set")
 
@@ -143,7 +149,7 @@ def summary_table(results: pd.DataFrame, metric: str = "accuracy", **where: Any)
                 f"({', '.join(map(str, frame[column].unique()))}): pick one, e.g. "
                 f"summary_table(results, {metric!r}, {column}={frame[column].iloc[0]!r})"
             )
-    frame["ratio"] = frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%")
+    frame["ratio"] = frame["ratio"].map(ratio_label)
     stats = frame.groupby(["method", "dataset", "ratio"], sort=False)[metric].agg(
         ["mean", "std", "count"]
     )
@@ -218,7 +224,7 @@ def wall_time_table(results: pd.DataFrame, **where: Any) -> pd.DataFrame:
     once, whatever the number of selection rules it was evaluated under."""
     frame = select(results, **where).drop_duplicates("run")
     seconds = frame.groupby(["method", "ratio"], sort=False)["seconds"].mean().unstack()
-    seconds.columns = [f"{100 * r:g}%" if pd.notna(r) else "-" for r in seconds.columns]
+    seconds.columns = [ratio_label(r) for r in seconds.columns]
     entries, labels = grid_entries()
     order = [m for m in entries if m in seconds.index]
     seconds = seconds.loc[order]
@@ -306,7 +312,7 @@ def diagnostics_by_seed(
     frame = frame.drop_duplicates("run")
     shown = [*EXTRA_COLUMNS, *([metric] if metric else [])]
     table = frame[["label", "ratio", "seed", "hparams", *shown]].assign(
-        ratio=frame["ratio"].map(lambda r: "-" if pd.isna(r) else f"{100 * r:g}%"),
+        ratio=frame["ratio"].map(ratio_label),
         error_set_conflicting_share=100 * frame["error_set_conflicting_share"],
         conflicting_in_error_set=100 * frame["conflicting_in_error_set"],
     )
@@ -341,7 +347,7 @@ def coverage_table(results: pd.DataFrame) -> pd.DataFrame:
     cells = results.drop_duplicates(["method", "ratio", "seed", *dims])
     table = (
         cells.groupby(["method", *dims], sort=False)["ratio"]
-        .agg(lambda ratios: ", ".join(f"{100 * r:g}%" for r in sorted(ratios.dropna().unique())))
+        .agg(lambda ratios: ", ".join(map(ratio_label, sorted(ratios.dropna().unique()))))
         .unstack(dims)
     )
     entries, labels = grid_entries()
