@@ -15,7 +15,7 @@ import torch
 from pgd.book import plots
 from pgd.book.notebook import mean_spread, notebook_setup, provenance_table
 from pgd.core.profiles import get_profile
-from pgd.core.runtime import provenance, resolve_device
+from pgd.core.runtime import cpu_threads, provenance, resolve_device
 from pgd.models import build_model
 from pgd.training.metrics import group_accuracy_table, predict
 
@@ -68,6 +68,18 @@ def test_provenance_names_device_versions_and_code():
     assert platform.release() not in " ".join(info.values())
     table = provenance_table(get_profile("quick"), resolve_device("cpu"), "some data")
     assert table.loc["data", "value"] == "some data"
+
+
+def test_cpu_threads_says_thread_for_one_and_threads_for_more():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert cpu_threads() == "1 thread"
+        assert provenance("cpu")["device"].startswith("cpu (1 thread, ")
+        torch.set_num_threads(2)
+        assert cpu_threads() == "2 threads"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_provenance_gives_the_epochs_the_chapter_trained_not_the_profile_s_most():

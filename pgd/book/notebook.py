@@ -17,6 +17,7 @@ from ..core.profiles import Profile, get_profile
 from ..core.runtime import (
     DATA_ENV,
     RUNS_ENV,
+    cpu_threads,
     data_root,
     display_path,
     print_wrapped,
@@ -66,7 +67,7 @@ def notebook_setup(use_drive: bool = False) -> NotebookEnv:
     elif colab:
         found = "no GPU: Runtime > Change runtime type > GPU makes the full profile much faster"
     else:
-        found = f"no GPU: running on the CPU ({torch.get_num_threads()} threads)"
+        found = f"no GPU: running on the CPU ({cpu_threads()})"
     env = NotebookEnv(profile, device, data_root(), runs_root(), colab)
     use_book_style()
     show_warnings_briefly()

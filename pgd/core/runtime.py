@@ -164,6 +164,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_threads() -> str:
+    """The threads torch computes with on the CPU, as a phrase: ``"1 thread"``, ``"2 threads"``."""
+    n = torch.get_num_threads()
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
 def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     """What produced a result: device, platform, package versions and code version.
 
@@ -175,7 +181,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
         index = device.index if device.index is not None else torch.cuda.current_device()
         device_name = f"{device} ({torch.cuda.get_device_name(index)})"
     else:
-        device_name = f"cpu ({torch.get_num_threads()} threads, {_cpu_model()})"
+        device_name = f"cpu ({cpu_threads()}, {_cpu_model()})"
     info = {
         "device": device_name,
         "python": platform.python_version(),
