@@ -93,6 +93,9 @@ grid: setup
 		--selection all --no-progress --out $(GRID_RUNS)/compare/cmnist-budget
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python book/tools/groupdro_ablation.py \
 		--out benchmarks/results/groupdro_ablation_cmnist.csv
+	# DFA's own protocol as long as its official script trains (50,000 steps), vanilla beside it
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python book/tools/dfa_official_steps.py \
+		--out benchmarks/results/dfa_official_steps_cmnist.csv
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset celeba --stand-in \
 		--methods all --seeds 3 --schedules full --epochs 8 --model cnn --image-size 48 \
 		--selection all --no-progress --out $(GRID_RUNS)/compare/celeba-stand-in
