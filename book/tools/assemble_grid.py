@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pgd.experiments.compare import grid_entries
-from pgd.training.checkpoints import load_checkpoint
+from pgd.training.checkpoints import training_seconds
 
 KEY = ["dataset", "source", "ratio", "method", "seed", "schedule", "budget", "protocol"]
 
@@ -45,21 +45,6 @@ def _read(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not frame.empty and "budget" not in frame:
             frame["budget"] = "stage"
     return frames[0], frames[1]
-
-
-def training_seconds(run_folder: Path) -> float | None:
-    """The training time of a run: the sum of the per-epoch seconds its checkpoints' histories
-    hold, over every stage (``*.pt``); None where the folder holds no finished checkpoint. Unlike
-    the grid's ``seconds``, which times its own invocation, it counts a run once however often it
-    was resumed or read back."""
-    total, found = 0.0, False
-    for path in sorted(run_folder.glob("*.pt")):
-        checkpoint = load_checkpoint(path)
-        if not checkpoint or not checkpoint.get("finished"):
-            return None
-        total += sum(epoch.get("seconds", 0.0) for epoch in checkpoint.get("history", []))
-        found = True
-    return total if found else None
 
 
 def assemble(takes: list[tuple[Path, list[str]]]) -> tuple[pd.DataFrame, pd.DataFrame]:

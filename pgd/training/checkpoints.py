@@ -69,3 +69,18 @@ class StageCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` with this run's identity, atomically."""
         atomic_save({"identity": self.identity, **state}, self.path)
+
+
+def training_seconds(run_folder: str | os.PathLike) -> float | None:
+    """The training time of a run: the sum of the per-epoch seconds its checkpoints' histories
+    hold, over every stage (``*.pt``); None where the folder holds no finished checkpoint. Unlike a
+    wall-clock time of the invocation that read the run back, it counts a run once however often
+    it was resumed."""
+    total, found = 0.0, False
+    for path in sorted(Path(run_folder).glob("*.pt")):
+        checkpoint = load_checkpoint(path)
+        if not checkpoint or not checkpoint.get("finished"):
+            return None
+        total += sum(epoch.get("seconds", 0.0) for epoch in checkpoint.get("history", []))
+        found = True
+    return total if found else None
