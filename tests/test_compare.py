@@ -82,6 +82,21 @@ def test_interrupted_grid_resumes_without_recomputing_finished_cells(killed_and_
     pd.testing.assert_frame_equal(rerun.results, grid.results)
 
 
+def test_a_run_read_back_from_its_checkpoints_is_timed_by_its_training_not_the_read(tmp_path):
+    from pgd.core.runtime import runs_root
+    from pgd.training.checkpoints import training_seconds
+
+    grid = {**GRID, "ratios": "0.01", "methods": "vanilla", "seeds": 1}
+    trained = run_grid(out=tmp_path / "first", **grid).results
+    read_back = run_grid(out=tmp_path / "second", **grid)  # fresh cells: the run is only loaded
+    assert read_back.computed == 1
+    run = trained["run"].iloc[0]
+    expected = training_seconds(runs_root() / run)
+    assert expected is not None and expected > 0
+    assert trained["seconds"].tolist() == [expected]
+    assert read_back.results["seconds"].tolist() == [expected]
+
+
 def test_results_are_one_tidy_row_per_dataset_ratio_method_seed(killed_and_resumed):
     out, calls = killed_and_resumed
     grid = calls["again"][0]

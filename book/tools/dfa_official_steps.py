@@ -23,7 +23,6 @@ from pathlib import Path
 
 from pgd.core.runtime import runs_root
 from pgd.experiments import compare, pipeline
-from pgd.training.checkpoints import training_seconds
 from pgd.training.schedules import stage_config
 
 #: Training steps of DFA's official Colored MNIST script (``--num_steps 50000``).
@@ -78,9 +77,6 @@ def main() -> None:
         out=runs_root() / "compare" / "cmnist-dfa-official-steps",
     )
     results = grid.results
-    # The grid times its own invocation; a run resumed or read back is timed from its checkpoints.
-    timed = results["run"].map(lambda run: training_seconds(runs_root() / run))
-    results["seconds"] = timed.astype(float).fillna(results["seconds"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.out, index=False)
     last = results[results["selection"] == "last"]

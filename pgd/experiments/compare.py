@@ -43,6 +43,7 @@ from ..core.profiles import PROFILES, get_profile
 from ..core.runtime import code_fingerprint, display_path, progress_enabled
 from ..core.storage import atomic_write_text
 from ..datasets.registry import get_dataset
+from ..training.checkpoints import training_seconds
 from ..training.selection import SELECTIONS
 from . import grid as _grid
 from .config import ExperimentConfig
@@ -297,7 +298,11 @@ def run_grid(
                     progress=False,
                     selections=list(SELECTIONS),
                 )
-                rows = result_rows(cell, result, time.perf_counter() - started)
+                # A run resumed or read back from its checkpoints is timed by their per-epoch
+                # history, not by this call (which may only have loaded it).
+                trained = training_seconds(result.checkpoint_dir) if result.checkpoint_dir else None
+                elapsed = time.perf_counter() - started
+                rows = result_rows(cell, result, elapsed if trained is None else trained)
                 atomic_write_text(json.dumps({"rows": rows}, indent=1) + "\n", path)
                 computed += 1
             records[cell.key] = rows
