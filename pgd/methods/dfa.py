@@ -189,8 +189,6 @@ def _fraction(value: float) -> float:
     return float(value)
 
 
-#: DFA's published loss weights per dataset (``scripts/run_<dataset>_ours.sh`` of the official
-#: code); Colored MNIST's are the settings' defaults.
 #: DFA's own protocols (the comparison grid's ``own``): its networks and optimisers, from its
 #: official scripts; its loss weights are its defaults per dataset (:data:`DATASET_SETTINGS`).
 PROTOCOLS = {
@@ -207,6 +205,8 @@ PROTOCOLS = {
     ),
 }
 
+#: DFA's published loss weights per dataset (``scripts/run_<dataset>_ours.sh`` of the official
+#: code); Colored MNIST's are the settings' defaults, also used where DFA published none (CelebA).
 DATASET_SETTINGS: Mapping[str, Mapping[str, float]] = {
     "bffhq": {"dfa_lambda_dis_align": 2.0, "dfa_lambda_swap_align": 2.0, "dfa_lambda_swap": 0.1},
 }
