@@ -76,10 +76,9 @@ def main() -> None:
         progress=False,
         out=runs_root() / "compare" / "cmnist-dfa-official-steps",
     )
-    results = grid.results
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results.to_csv(args.out, index=False)
-    last = results[results["selection"] == "last"]
+    grid.results.to_csv(args.out, index=False)
+    last = grid.results[grid.results["selection"] == "last"]
     print(last.groupby("method")["accuracy"].agg(["mean", "std"]).round(1))
 
 
