@@ -64,18 +64,3 @@ def test_a_key_held_twice_is_refused_and_a_method_run_in_parts_is_taken(tmp_path
         assemble_grid.assemble([(a, ["pgd"])])
     with pytest.raises(SystemExit, match="holds no rows of lff"):
         assemble_grid.assemble([(b, ["lff"])])
-
-
-def test_a_runs_training_time_is_read_from_every_stages_checkpoint(tmp_path):
-    from pgd.core.storage import atomic_save
-    from pgd.training.checkpoints import training_seconds
-
-    run = tmp_path / "pgd-run"
-    run.mkdir()
-    for stage, seconds in (("biased", [1.5, 2.5]), ("debiased", [3.0])):
-        history = [{"epoch": i, "seconds": s} for i, s in enumerate(seconds)]
-        atomic_save({"finished": True, "history": history}, run / f"{stage}.pt")
-    assert training_seconds(run) == 7.0
-    atomic_save({"finished": False, "history": [{"seconds": 9.0}]}, run / "debiased.pt")
-    assert training_seconds(run) is None  # unfinished: no time claimed
-    assert training_seconds(tmp_path / "absent") is None

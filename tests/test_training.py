@@ -11,7 +11,7 @@ from pgd.core.storage import CorruptFileError, atomic_save, safe_load
 from pgd.datasets.cmnist import ColoredMNIST
 from pgd.methods.sampling import importance_sampler
 from pgd.models import build_model
-from pgd.training.checkpoints import load_checkpoint
+from pgd.training.checkpoints import load_checkpoint, training_seconds
 from pgd.training.loop import TrainConfig, train
 from pgd.training.objectives import GeneralizedCELoss, Objective
 
@@ -379,3 +379,15 @@ def test_a_field_added_at_its_default_leaves_the_checkpoint_identity_as_it_was()
     before = {k: v for k, v in asdict(plain).items() if k != "lr_delay"}
     assert plain.identity() == before
     assert TrainConfig(epochs=3, lr_delay=1).identity() == {**before, "lr_delay": 1}
+
+
+def test_a_runs_training_time_is_read_from_every_stages_checkpoint(tmp_path):
+    run = tmp_path / "pgd-run"
+    run.mkdir()
+    for stage, seconds in (("biased", [1.5, 2.5]), ("debiased", [3.0])):
+        history = [{"epoch": i, "seconds": s} for i, s in enumerate(seconds)]
+        atomic_save({"finished": True, "history": history}, run / f"{stage}.pt")
+    assert training_seconds(run) == 7.0
+    atomic_save({"finished": False, "history": [{"seconds": 9.0}]}, run / "debiased.pt")
+    assert training_seconds(run) is None  # unfinished: no time claimed
+    assert training_seconds(tmp_path / "absent") is None
