@@ -102,9 +102,19 @@ grid: setup
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset bffhq --stand-in \
 		--ratios 0.005,0.01,0.02 --methods all --seeds 3 --schedules full --epochs 8 --model cnn \
 		--image-size 48 --selection all --no-progress --out $(GRID_RUNS)/compare/bffhq-stand-in
+	# the same face grids, choosing epochs and settings on a validation split with the real
+	# datasets' composition (the training proportions) instead of the stand-ins' oracle one
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset celeba --stand-in \
+		--stand-in-validation real --methods all --seeds 3 --schedules full --epochs 8 --model cnn \
+		--image-size 48 --selection all --no-progress --out $(GRID_RUNS)/compare/celeba-stand-in-real-valid
+	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset bffhq --stand-in \
+		--stand-in-validation real --ratios 0.005,0.01,0.02 --methods all --seeds 3 --schedules full \
+		--epochs 8 --model cnn --image-size 48 --selection all --no-progress \
+		--out $(GRID_RUNS)/compare/bffhq-stand-in-real-valid
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python book/tools/lff_weights.py \
 		--out benchmarks/results/lff_weights_celeba_stand_in.csv
-	for g in cmnist cmnist-budget celeba-stand-in bffhq-stand-in; do \
+	for g in cmnist cmnist-budget celeba-stand-in bffhq-stand-in celeba-stand-in-real-valid \
+		bffhq-stand-in-real-valid; do \
 		cp $(GRID_RUNS)/compare/$$g/results.csv benchmarks/results/compare_$$(echo $$g | tr - _).csv; \
 		cp $(GRID_RUNS)/compare/$$g/tuning.csv benchmarks/results/compare_$$(echo $$g | tr - _)_tuning.csv; \
 	done

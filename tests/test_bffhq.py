@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,7 @@ def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
         aligned={(0, 0): 8, (1, 1): 8},
         conflicting={"0.5pct": 1, "1pct": 2},
         evaluation={"valid": 1, "test": 2},
+        real_valid=6,
     )
     names = {p.relative_to(folder).parts[:3] for p in folder.rglob("*.png")}
     assert ("0.5pct", "conflict", "1") in names and ("0.5pct", "align", "0") in names
@@ -116,6 +118,56 @@ def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
     # the 1% folder holds the 0.5% folder's faces (linked) and two more conflicting ones
     assert {Path(f).name for f in data.train.files} < {Path(f).name for f in rarer.train.files}
     assert Path(data.train.files[0]).suffix == ".png"
+
+
+def _stand_in(folder: Path, real_valid: int) -> Path:
+    return bffhq.write_bffhq_stand_in(
+        folder,
+        size=16,
+        aligned={(0, 0): 40, (1, 1): 40},
+        conflicting={"0.5pct": 1, "1pct": 2},
+        evaluation={"valid": 2, "test": 2},
+        real_valid=real_valid,
+    )
+
+
+def _groups(split) -> dict[tuple[int, int], int]:
+    pairs = zip(split.labels.tolist(), split.bias_labels.tolist(), strict=True)
+    return {g: n for g, n in sorted(Counter(pairs).items())}
+
+
+def test_stand_in_validation_is_the_training_mix_or_on_request_the_balanced_oracle(tmp_path):
+    _stand_in(tmp_path / "bffhq", real_valid=82)
+    real = bffhq.load_bffhq(tmp_path, image_size=16, validation="real")
+    oracle = bffhq.load_bffhq(tmp_path, image_size=16, validation="oracle")
+    # real: the 0.5pct training split's proportions (40 : 40 : 1 : 1) at 82 faces
+    assert _groups(real.valid) == {(0, 0): 40, (0, 1): 1, (1, 0): 1, (1, 1): 40}
+    assert "validation split in the training proportions" in real.description
+    assert _groups(oracle.valid) == dict.fromkeys([(0, 0), (0, 1), (1, 0), (1, 1)], 2)
+    assert {Path(f).parent.name for f in oracle.valid.files} == {"valid-oracle"}
+    assert "training proportions" not in oracle.description
+    # training and test are the same faces, in the same order, whichever validation is read
+    assert real.train.files == oracle.train.files and real.test.files == oracle.test.files
+    with pytest.raises(ValueError, match="choose one of oracle, real"):
+        bffhq.load_bffhq(tmp_path, image_size=16, validation="balanced")
+
+
+def test_the_real_validation_split_is_drawn_last_so_other_faces_do_not_depend_on_it(tmp_path):
+    small, large = _stand_in(tmp_path / "a", real_valid=4), _stand_in(tmp_path / "b", real_valid=82)
+    for path in small.rglob("*.png"):
+        if path.relative_to(small).parts[0] != "valid":
+            assert path.read_bytes() == (large / path.relative_to(small)).read_bytes(), path
+    assert len(list((small / "valid").iterdir())) == 4
+
+
+def test_real_bffhq_reads_its_one_validation_folder_whatever_the_setting(tmp_path):
+    write_bffhq_layout(tmp_path, per_group=2)
+    with pytest.warns(UserWarning):
+        default = bffhq.load_bffhq(tmp_path, image_size=16)
+    with pytest.warns(UserWarning):
+        real = bffhq.load_bffhq(tmp_path, image_size=16, validation="real")
+    assert default.valid.files == real.valid.files
+    assert {Path(f).parent.name for f in real.valid.files} == {"valid"}
 
 
 def test_a_label_outside_zero_and_one_is_refused_naming_the_file(tmp_path):

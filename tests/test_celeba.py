@@ -198,6 +198,29 @@ def test_stand_in_is_written_in_the_real_layout_and_labelled(tmp_path):
     assert data.summary().loc["train", "samples"] == 16
 
 
+def test_stand_in_validation_has_the_training_mix_and_the_oracle_one_is_kept(tmp_path):
+    counts = {
+        "train": {(0, 0): 40, (0, 1): 40, (1, 0): 16, (1, 1): 4},
+        "valid": {(0, 0): 2, (0, 1): 2, (1, 0): 3, (1, 1): 3},
+        "test": {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+    }
+    folder = celeba.write_celeba_stand_in(tmp_path / "standin", counts=counts)
+    real = celeba.load_celeba(folder, image_size=16, validation="real")
+    oracle = celeba.load_celeba(folder, image_size=16, validation="oracle")
+
+    def blond_male(split):
+        frame = celeba.read_attributes(folder).loc[[Path(f).name for f in split.files]]
+        return frame.groupby(["Blond_Hair", "Male"]).size().to_dict()
+
+    # real: CelebA's official validation partition has the training proportions (10 faces)
+    assert blond_male(real.valid) == {(0, 0): 4, (0, 1): 4, (1, 0): 2}
+    assert blond_male(oracle.valid) == {(0, 0): 2, (0, 1): 2, (1, 0): 3, (1, 1): 3}
+    assert "validation split in the training proportions" in real.description
+    assert real.train.files == oracle.train.files and real.test.files == oracle.test.files
+    assert not set(real.valid.files) & set(oracle.valid.files)
+    assert len(celeba.read_partition(folder, celeba.ORACLE_PARTITION)) == 100 + 10 + 6
+
+
 def test_swapping_target_and_bias_reads_the_same_images_in_the_same_groups(tmp_path):
     counts = {
         "train": {(0, 0): 6, (0, 1): 6, (1, 0): 3, (1, 1): 1},

@@ -73,6 +73,12 @@ def test_run_names_say_stand_in_and_attributes():
     name = ExperimentConfig(dataset="celeba", stand_in=True, profile="smoke").name()
     assert name.startswith("celeba-standin-Blond_Hair-Male-pgd-resnet18-smoke")
     assert "ratio0.005" in ExperimentConfig(dataset="bffhq", profile="smoke").name()
+    real = ExperimentConfig(
+        dataset="bffhq", stand_in=True, stand_in_validation="real", profile="smoke"
+    )
+    assert real.name().startswith("bffhq-standin-ratio0.005-realvalid-")
+    assert "realvalid" not in ExperimentConfig(dataset="bffhq", stand_in=True).name()
+    assert "realvalid" not in ExperimentConfig(dataset="bffhq", stand_in_validation="real").name()
 
 
 def test_imagenet_weights_that_cannot_be_downloaded_are_a_clear_error(monkeypatch):

@@ -39,6 +39,7 @@ from .images import (
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
+    STAND_IN_VALIDATION_OPTION,
     VERIFY_OPTION,
     ImagePipeline,
     ImageSplits,
@@ -47,7 +48,7 @@ from .images import (
     loader_workers,
     shuffled,
 )
-from .standins import is_stand_in, stand_in_folder, stand_in_groups
+from .standins import is_stand_in, proportional_counts, stand_in_folder, stand_in_groups
 
 
 def _resize(size: int):
@@ -72,7 +73,7 @@ HOW_TO_GET = (
     "bffhq/<pct>/align/<0|1>/*.png, bffhq/<pct>/conflict/<0|1>/*.png, bffhq/valid/*.png, "
     "bffhq/test/*.png, with file names <id>_<target>_<bias>.png."
 )
-_STAND_IN_VERSION = 2
+_STAND_IN_VERSION = 3
 
 
 def ratio_folder(ratio: float) -> str:
@@ -268,6 +269,7 @@ def load_bffhq(
     order_seed: int = 0,
     verify: str = "quick",
     keep_in_memory: bool | None = None,
+    validation: str = "oracle",
 ) -> ImageSplits:
     """BFFHQ as :class:`~pgd.datasets.images.ImageSplits`: train = align + conflict of the ``ratio``
     folder (``0.5pct``), valid, test; target age, bias gender (both 0/1, as in the file names).
@@ -283,11 +285,16 @@ def load_bffhq(
         keep_in_memory: decode every image once and keep it (None: when they fit in
             :data:`~pgd.datasets.images.IMAGE_CACHE_BYTES`; False: decode per item, as for the
             full-size real data, which is what a loading measurement should see).
+        validation: the stand-in's validation split (:data:`~pgd.datasets.images
+            .STAND_IN_VALIDATIONS`): ``oracle``, group-balanced, or ``real``, the training
+            proportions. Real data has one validation split, ``valid/``, whatever this says.
 
     Raises:
         DataUnavailableError: folder or archive missing, or incomplete (says what was found and
             what is expected), or files not named ``<id>_<target>_<bias>``.
+        ValueError: ``validation`` is not one of the stand-in's validation splits.
     """
+    validation = STAND_IN_VALIDATION_OPTION.validate(validation)
     root = data_root(root)
     folder = write_bffhq_stand_in(root / "stand-in" / "bffhq") if stand_in else prepare_bffhq(root)
     pct = folder / ratio_folder(ratio)
@@ -300,8 +307,10 @@ def load_bffhq(
     real = not is_stand_in(folder)
     files, targets, biases, found = _read_train(pct, root)
     parts = {"train": (files, targets, biases)}
+    oracle = validation == "oracle" and not real
     for split in ("valid", "test"):
-        parts[split] = _read_flat(folder / split, root)
+        where = ORACLE_VALID_FOLDER if split == "valid" and oracle else split
+        parts[split] = _read_flat(folder / where, root)
         found[split] = len(parts[split][0])
     if real and pct.name == "0.5pct" and found != OFFICIAL_COUNTS:
         warnings.warn(
@@ -331,7 +340,9 @@ def load_bffhq(
     description = (
         f"{what}, target age, bias gender, {pct.name} ({n['train']:,} / {n['valid']:,} / "
         f"{n['test']:,} images, {found['conflict']} bias-conflicting in training{release}), "
-        f"{size}x{size} pixels" + (f", from {display_path(folder)}" if real else "")
+        f"{size}x{size} pixels"
+        + (f", from {display_path(folder)}" if real else "")
+        + ("" if real or oracle else "; validation split in the training proportions")
     )
     return ImageSplits(
         train=splits["train"],
@@ -364,11 +375,17 @@ def load_bffhq(
 #: Stand-in faces: the bias-aligned training faces (young women and old men; target age 0/1,
 #: bias gender 0/1, as in BFFHQ's file names), the bias-conflicting ones of each ratio folder
 #: (old women and young men; the 1pct and 2pct folders add faces to those of 0.5pct, so that
-#: rarer is a subset of less rare), and group-balanced validation and test splits, so that every
-#: group's accuracy is measured on 100 and 250 faces.
+#: rarer is a subset of less rare), a group-balanced test split, so that every group's accuracy
+#: is measured on 250 faces, and two validation splits: ``valid/``, the real composition (the
+#: proportions of the first ratio folder's training faces, as in the released folder, whose one
+#: ``valid/`` serves its one ratio folder, 0.5pct) at :data:`STAND_IN_REAL_VALID` faces, and
+#: ``valid-oracle/``, group-balanced (100 faces per group), read with ``validation="oracle"``.
 STAND_IN_ALIGNED = {(0, 0): 4_975, (1, 1): 4_975}
 STAND_IN_CONFLICTING = {"0.5pct": 25, "1pct": 50, "2pct": 100}  # per conflicting group
-STAND_IN_EVAL = {"valid": 100, "test": 250}  # per group
+STAND_IN_EVAL = {"valid": 100, "test": 250}  # per group; "valid": the oracle validation split
+STAND_IN_REAL_VALID = 800
+#: The stand-in's folder of the group-balanced (oracle) validation split.
+ORACLE_VALID_FOLDER = "valid-oracle"
 #: The control: group-balanced training faces, the same total as the 0.5pct folder.
 BALANCED_TRAIN = 2_500
 
@@ -383,16 +400,22 @@ def write_bffhq_stand_in(
     conflicting: dict[str, int] | None = None,
     evaluation: dict[str, int] | None = None,
     balanced_train: int = BALANCED_TRAIN,
+    real_valid: int = STAND_IN_REAL_VALID,
 ) -> Path:
     """Write (once) a synthetic stand-in for BFFHQ in its distributed layout: ``size`` x
     ``size`` PNG faces (:func:`pgd.datasets.faces.render_face`: age drawn as grey hair and
     wrinkles, gender as hair length, beard and lips) named ``<id>_<age>_<gender>.png`` in
     ``<r>pct/{align,conflict}/<age>/`` for the ratios of :data:`STAND_IN_CONFLICTING`,
-    ``valid/`` and ``test/``. ``balanced``: one training folder, ``0.5pct``, with
-    ``balanced_train`` faces per group (the control run). A marker file says it is a stand-in; a
-    folder already written with the same settings is reused. ``aligned``, ``conflicting`` and
-    ``evaluation`` replace :data:`STAND_IN_ALIGNED`, :data:`STAND_IN_CONFLICTING` and
-    :data:`STAND_IN_EVAL` (smaller stand-ins for tests)."""
+    ``test/``, ``valid/`` (``real_valid`` faces in the training proportions of the first ratio
+    folder) and ``valid-oracle/`` (group-balanced). ``balanced``: one training folder,
+    ``0.5pct``, with ``balanced_train`` faces per group (the control run). A marker file says it
+    is a stand-in; a folder already written with the same settings is reused. ``aligned``,
+    ``conflicting`` and ``evaluation`` replace :data:`STAND_IN_ALIGNED`,
+    :data:`STAND_IN_CONFLICTING` and :data:`STAND_IN_EVAL` (smaller stand-ins for tests).
+
+    The faces are drawn in a fixed order (training, the oracle validation split, test, the real
+    validation split), so that the training, test and oracle validation faces are those of the
+    stand-in's earlier versions, which had the oracle split only, in ``valid/``."""
     folder = Path(folder)
     aligned_counts = aligned or STAND_IN_ALIGNED
     conflicting_counts = conflicting or STAND_IN_CONFLICTING
@@ -407,6 +430,7 @@ def write_bffhq_stand_in(
         "aligned": {f"{t}{b}": n for (t, b), n in aligned_counts.items()},
         "conflicting": conflicting_counts,
         "eval": eval_counts,
+        "real_valid": real_valid,
     }
 
     def write(out: Path) -> None:
@@ -444,8 +468,16 @@ def write_bffhq_stand_in(
                         target.parent.mkdir(parents=True, exist_ok=True)
                         link_or_copy(path, target)
         for split, per_group in eval_counts.items():
+            where = out / (ORACLE_VALID_FOLDER if split == "valid" else split)
             for t, b in stand_in_groups(dict.fromkeys(groups4, per_group), rng):
-                face(out / split, t, b)
+                face(where, t, b)
+        if balanced:
+            trained = dict.fromkeys(groups4, balanced_train)
+        else:
+            per_conflicting = conflicting_counts[next(iter(conflicting_counts))]
+            trained = {**aligned_counts, **dict.fromkeys(((0, 1), (1, 0)), per_conflicting)}
+        for t, b in stand_in_groups(proportional_counts(trained, real_valid), rng):
+            face(out / "valid", t, b)
 
     return stand_in_folder(folder, settings, write)
 
@@ -461,6 +493,7 @@ def build(request: DataRequest) -> ImageSplits:
         stand_in=options["stand_in"],
         workers=loader_workers(request),
         verify=options["verify"],
+        validation=options["stand_in_validation"],
     )
 
 
@@ -473,7 +506,7 @@ SPEC = DatasetSpec(
     stand_in=True,
     default_model="resnet18",
     default_ratio=0.005,
-    options=(STAND_IN_OPTION, IMAGE_SIZE_OPTION, VERIFY_OPTION),
+    options=(STAND_IN_OPTION, STAND_IN_VALIDATION_OPTION, IMAGE_SIZE_OPTION, VERIFY_OPTION),
     name_parts=lambda ratio, options, source: image_name_parts("bffhq", f"ratio{ratio:g}", options),
     profile_epochs={"quick": 5, "full": 30},
 )

@@ -92,12 +92,31 @@ IMAGE_SIZE_OPTION = Param(
 )
 
 
+#: The validation splits of the face stand-ins (CelebA, BFFHQ), one per value of
+#: :data:`STAND_IN_VALIDATION_OPTION`: ``oracle``, rich in bias-conflicting faces (BFFHQ's
+#: group-balanced, CelebA's with blond men raised to 5%), on which a rule that reads validation
+#: loss or accuracy comes close to one that knows the groups; ``real``, the real dataset's
+#: composition (the training proportions), on which it does not.
+STAND_IN_VALIDATIONS = ("oracle", "real")
+STAND_IN_VALIDATION_OPTION = Param(
+    "stand_in_validation",
+    "oracle",
+    "the face stand-ins' validation split: oracle (rich in bias-conflicting faces, so that "
+    "selection on it is close to selection with the groups known) or real (the real dataset's "
+    "composition: the training proportions); ignored for real data",
+    choices=STAND_IN_VALIDATIONS,
+)
+
+
 def image_name_parts(name: str, middle: str, options: Mapping[str, Any]) -> list[str]:
     """The run name's data part for an image-file dataset: ``name`` (``-standin`` for the
-    stand-in), ``middle`` (what sets its bias), the image size if one was asked for."""
+    stand-in), ``middle`` (what sets its bias), the image size if one was asked for, and
+    ``realvalid`` for a stand-in read with its real-composition validation split."""
     parts = [name + ("-standin" if options["stand_in"] else ""), middle]
     if options["image_size"] is not None:
         parts.append(f"{options['image_size']}px")
+    if options["stand_in"] and options.get("stand_in_validation") == "real":
+        parts.append("realvalid")
     return parts
 
 

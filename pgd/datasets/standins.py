@@ -59,3 +59,20 @@ def stand_in_folder(folder: str | os.PathLike, settings: dict, write) -> Path:
             + json.dumps(settings)
         )
     return folder
+
+
+def proportional_counts(
+    counts: dict[tuple[int, int], int], total: int
+) -> dict[tuple[int, int], int]:
+    """``total`` samples split over the groups of ``counts`` in their proportions (largest
+    remainders; ties go to the group listed first): the composition of a split drawn like the
+    one ``counts`` describes, at another size."""
+    whole = sum(counts.values())
+    if whole <= 0 or total < 0:
+        raise ValueError(f"need groups with samples and a total >= 0, got {counts} and {total}")
+    quotas = {group: n * total / whole for group, n in counts.items()}
+    out = {group: int(q) for group, q in quotas.items()}
+    left = total - sum(out.values())
+    for group in sorted(quotas, key=lambda g: -(quotas[g] - out[g]))[:left]:
+        out[group] += 1
+    return out

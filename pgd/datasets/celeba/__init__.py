@@ -42,6 +42,7 @@ from ..images import (
     REAL_IMAGE_SIZE,
     STAND_IN_IMAGE_SIZE,
     STAND_IN_OPTION,
+    STAND_IN_VALIDATION_OPTION,
     VERIFY_OPTION,
     ImagePipeline,
     ImageSplits,
@@ -73,7 +74,13 @@ from .layout import (
     read_partition,
     verify_official_files,
 )
-from .stand_in import BALANCED_COUNTS, DRAWN, STAND_IN_COUNTS, write_celeba_stand_in
+from .stand_in import (
+    BALANCED_COUNTS,
+    DRAWN,
+    ORACLE_PARTITION,
+    STAND_IN_COUNTS,
+    write_celeba_stand_in,
+)
 
 __all__ = [
     "ATTRIBUTES",
@@ -125,6 +132,7 @@ def load_celeba(
     order_seed: int = 0,
     verify: str = "quick",
     keep_in_memory: bool | None = None,
+    validation: str = "oracle",
 ) -> ImageSplits:
     """CelebA's official partition as :class:`~pgd.datasets.images.ImageSplits` of (image,
     target, bias).
@@ -146,11 +154,16 @@ def load_celeba(
         keep_in_memory: decode every image once and keep it (None: when they fit in
             :data:`~pgd.datasets.images.IMAGE_CACHE_BYTES`; False: decode per item, as for the
             full-size real data, which is what a loading measurement should see).
+        validation: the stand-in's validation split (:data:`~pgd.datasets.images
+            .STAND_IN_VALIDATIONS`): ``oracle``, blond men raised to 5%, or ``real``, the
+            training proportions. Real data has its official partition, whatever this says.
 
     Raises:
         DataUnavailableError: files missing or incomplete (says how many, and how to get them).
-        ValueError: unknown attribute name (lists the valid ones), or target == bias.
+        ValueError: unknown attribute name (lists the valid ones), target == bias, or
+            ``validation`` is not one of the stand-in's validation splits.
     """
+    validation = STAND_IN_VALIDATION_OPTION.validate(validation)
     root = data_root(root)
     if stand_in:
         # One set of faces, written for the default pair; any pair is read from its attributes.
@@ -165,7 +178,8 @@ def load_celeba(
     bias = check_attribute(bias, names, "bias")
     if target == bias:
         raise ValueError(f"the target and bias attributes must differ, both are {target!r}")
-    partition = read_partition(folder)
+    oracle = validation == "oracle" and is_stand_in(folder)
+    partition = read_partition(folder, ORACLE_PARTITION if oracle else None)
     missing_rows = partition.index.difference(attributes.index)
     if len(missing_rows):
         raise DataUnavailableError(
@@ -238,6 +252,7 @@ def load_celeba(
             f"CelebA STAND-IN (drawn faces in CelebA's file layout; target {target}, bias "
             f"{bias}; {counts['train']:,} / {counts['valid']:,} / {counts['test']:,} images), "
             f"{size}x{size} pixels"
+            + ("" if oracle else "; validation split in the training proportions")
         )
     return ImageSplits(
         train=splits["train"],
@@ -293,6 +308,7 @@ def build(request: DataRequest) -> ImageSplits:
         download=request.download,
         workers=loader_workers(request),
         verify=options["verify"],
+        validation=options["stand_in_validation"],
     )
 
 
@@ -310,6 +326,7 @@ SPEC = DatasetSpec(
     default_ratio=None,
     options=(
         STAND_IN_OPTION,
+        STAND_IN_VALIDATION_OPTION,
         Param("target_attr", DEFAULT_TARGET, "CelebA target attribute"),
         Param("bias_attr", DEFAULT_BIAS, "CelebA bias attribute"),
         IMAGE_SIZE_OPTION,

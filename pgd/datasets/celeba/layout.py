@@ -112,10 +112,13 @@ def read_attributes(folder: str | os.PathLike) -> pd.DataFrame:
     return (table == 1).astype(np.int64)
 
 
-def read_partition(folder: str | os.PathLike) -> pd.Series:
-    """The official split of every image: 0 train, 1 valid, 2 test, indexed by file name."""
+def read_partition(folder: str | os.PathLike, file: str | None = None) -> pd.Series:
+    """The official split of every image: 0 train, 1 valid, 2 test, indexed by file name
+    (``file``: read this partition file of ``folder`` instead, as the stand-in's oracle one)."""
     folder = Path(folder)
     txt, csv = folder / "list_eval_partition.txt", folder / "list_eval_partition.csv"
+    if file is not None:
+        txt, csv = folder / file, folder / file
     try:
         if txt.is_file():
             part = pd.read_csv(txt, sep=r"\s+", header=None, index_col=0).iloc[:, 0]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ..faces import render_face
-from ..standins import stand_in_folder, stand_in_groups
+from ..standins import proportional_counts, stand_in_folder, stand_in_groups
 from .layout import ATTRIBUTES, DEFAULT_BIAS, DEFAULT_TARGET, PARTITIONS, check_attribute
 
-_STAND_IN_VERSION = 2
+_STAND_IN_VERSION = 3
 
 #: What the stand-in draws (see :mod:`pgd.datasets.faces`): each attribute of CelebA that a face
 #: of the stand-in shows, as a function of its three drawn traits (blond, male, old). The other
@@ -30,13 +30,19 @@ DRAWN = {
 
 #: Stand-in faces per split and (Blond_Hair, Male) group. Training follows the shares of CelebA's
 #: training split (44% / 41% / 14% / 0.85%) at 6,000 faces, so that the rarest group, blond men,
-#: has 51 faces; validation and test keep the proportions of the common groups and raise the
-#: blond men to 5%, so that their accuracy is measured on 50 and 100 faces.
+#: has 51 faces; test keeps the proportions of the common groups and raises the blond men to 5%,
+#: so that their accuracy is measured on 100 faces. ``valid`` is the *oracle* validation split,
+#: drawn like test (50 blond men); the stand-in also writes a validation split with the real
+#: composition, CelebA's official validation partition having the training proportions (see
+#: :func:`write_celeba_stand_in`).
 STAND_IN_COUNTS = {
     "train": {(0, 0): 2_640, (0, 1): 2_460, (1, 0): 849, (1, 1): 51},
     "valid": {(0, 0): 440, (0, 1): 410, (1, 0): 100, (1, 1): 50},
     "test": {(0, 0): 880, (0, 1): 820, (1, 0): 200, (1, 1): 100},
 }
+#: The stand-in's partition file with the oracle validation split (the official file name holds
+#: the real one).
+ORACLE_PARTITION = "list_eval_partition_oracle.txt"
 #: The same total in equal groups: the control run, which shows that the target can be learnt.
 BALANCED_COUNTS = {
     split: dict.fromkeys(groups, sum(groups.values()) // 4)
@@ -61,6 +67,14 @@ def write_celeba_stand_in(
     attributes. A marker file says it is a stand-in; a folder already written with the same
     settings is reused.
 
+    Two validation splits: ``list_eval_partition.txt`` holds the *real* one, ``counts["valid"]``'s
+    number of faces in the training split's proportions (as in CelebA's official partition);
+    ``list_eval_partition_oracle.txt`` (:data:`ORACLE_PARTITION`) holds the same training and
+    test faces and the *oracle* one, ``counts["valid"]``. The faces are drawn in a fixed order
+    (training, oracle validation, test, real validation), so that the training, test and oracle
+    validation faces are those of the stand-in's earlier versions, which had the oracle split
+    only.
+
     Raises:
         ValueError: ``target`` or ``bias`` is not drawn (the message lists those that are), or
             the two together cannot be drawn (Blond_Hair with Gray_Hair, for instance).
@@ -81,15 +95,19 @@ def write_celeba_stand_in(
         "bias": bias,
         "seed": seed,
         "counts": {s: {f"{t}{b}": n for (t, b), n in c.items()} for s, c in counts.items()},
+        "real_valid": "training proportions",
     }
+    real_valid = proportional_counts(counts["train"], sum(counts["valid"].values()))
 
     def write(out: Path) -> None:
         rng = np.random.default_rng(seed)
         images = out / "img_align_celeba"
         images.mkdir(parents=True)
-        attr_lines, part_lines, number = [], [], 0
-        for split, code in PARTITIONS.items():
-            for t, b in stand_in_groups(counts[split], rng):
+        attr_lines, number = [], 0
+        part_lines: dict[str, list[str]] = {"real": [], "oracle": []}
+        draws = [(split, counts[split], code) for split, code in PARTITIONS.items()]
+        for split, groups, code in [*draws, ("real valid", real_valid, PARTITIONS["valid"])]:
+            for t, b in stand_in_groups(groups, rng):
                 number += 1
                 name = f"{number:06d}.jpg"
                 blond, male, old = traits[(t, b)]
@@ -99,10 +117,15 @@ def write_celeba_stand_in(
                 for attribute, shown in DRAWN.items():
                     values[ATTRIBUTES.index(attribute)] = 1 if shown(blond, male, old) else -1
                 attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
-                part_lines.append(f"{name} {code}")
+                readers = {"valid": ("oracle",), "real valid": ("real",)}.get(
+                    split, ("real", "oracle")
+                )
+                for reader in readers:
+                    part_lines[reader].append(f"{name} {code}")
         header = f"{number}\n" + " ".join(ATTRIBUTES) + " \n"
         (out / "list_attr_celeba.txt").write_text(header + "\n".join(attr_lines) + "\n")
-        (out / "list_eval_partition.txt").write_text("\n".join(part_lines) + "\n")
+        for reader, file in (("real", "list_eval_partition.txt"), ("oracle", ORACLE_PARTITION)):
+            (out / file).write_text("\n".join(part_lines[reader]) + "\n")
 
     return stand_in_folder(folder, settings, write)
 
