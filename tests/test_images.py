@@ -20,7 +20,7 @@ from pgd.datasets.archives import (
     safe_extract,
 )
 from pgd.datasets.images import CorruptImageError, ImageFileDataset, read_image, verify_files
-from pgd.datasets.standins import STAND_IN_MARKER, stand_in_folder
+from pgd.datasets.standins import STAND_IN_MARKER, proportional_counts, stand_in_folder
 
 
 def _png(path, size=(20, 16)):
@@ -196,3 +196,14 @@ def test_stand_in_folder_is_written_once_and_never_over_real_files(tmp_path):
     (real / "000001.jpg").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="not a stand-in"):
         stand_in_folder(real, {"dataset": "x"}, write)
+
+
+def test_proportional_counts_keep_the_shares_and_give_exact_ties_to_the_first_group():
+    training = {(0, 0): 2_640, (0, 1): 2_460, (1, 0): 849, (1, 1): 51}
+    expected = {(0, 0): 440, (0, 1): 410, (1, 0): 142, (1, 1): 8}
+    assert proportional_counts(training, 1_000) == expected
+    # 1498 1/3, 48 1/3, 193 1/3: three equal remainders, the one sample left goes to the first
+    assert proportional_counts({"a": 62, "b": 2, "c": 8}, 1_740) == {"a": 1_499, "b": 48, "c": 193}
+    assert sum(proportional_counts({"a": 3, "b": 3, "c": 3}, 10).values()) == 10
+    with pytest.raises(ValueError, match="counts >= 0"):
+        proportional_counts({"a": 5, "b": -1}, 10)

@@ -78,7 +78,6 @@ def test_run_names_say_stand_in_and_attributes():
     )
     assert real.name().startswith("bffhq-standin-ratio0.005-realvalid-")
     assert "realvalid" not in ExperimentConfig(dataset="bffhq", stand_in=True).name()
-    assert "realvalid" not in ExperimentConfig(dataset="bffhq", stand_in_validation="real").name()
 
 
 def test_imagenet_weights_that_cannot_be_downloaded_are_a_clear_error(monkeypatch):

@@ -30,6 +30,8 @@ class Param:
         tag: the short name of a method's hyper-parameter in run names and result tables (e.g.
             ``lambda`` for JTT's up-weighting); None where the owner names it otherwise.
         flag: a boolean switched on by ``--name`` alone.
+        identity_at_default: False for a setting added after runs were made: at its default it is
+            left out of run identities, so that those runs keep their checkpoints.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Param:
     check: Callable[[Any], Any] | None = None
     tag: str | None = None
     flag: bool = False
+    identity_at_default: bool = True
 
     @property
     def option(self) -> str:

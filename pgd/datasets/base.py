@@ -228,6 +228,8 @@ class DatasetSpec:
         profile_epochs: ``{profile: epochs}`` per training stage under those profiles, for a
             dataset whose epochs cost far more than the profile assumes (ResNet-18 on 224 x 224
             faces); other profiles train their own.
+        check_params: ``check_params(options) -> options``, checks the options together (one
+            that only makes sense with another), raising ValueError; None: no such check.
     """
 
     name: str
@@ -242,3 +244,4 @@ class DatasetSpec:
     name_parts: Callable[[float | None, Mapping[str, Any], str | None], list[str]]
     score_batch_size: int = 128
     profile_epochs: Mapping[str, int] = field(default_factory=dict)
+    check_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None

@@ -43,6 +43,7 @@ from .images import (
     VERIFY_OPTION,
     ImagePipeline,
     ImageSplits,
+    check_stand_in_options,
     image_name_parts,
     image_splits,
     loader_workers,
@@ -308,6 +309,12 @@ def load_bffhq(
     files, targets, biases, found = _read_train(pct, root)
     parts = {"train": (files, targets, biases)}
     oracle = validation == "oracle" and not real
+    if oracle and not (folder / ORACLE_VALID_FOLDER).is_dir():
+        raise DataUnavailableError(
+            f"the BFFHQ stand-in in {folder} has no {ORACLE_VALID_FOLDER}/ folder: an earlier "
+            "version of pgd wrote it. Delete the folder and run again (--stand-in writes it "
+            "anew), or read its one validation split with validation='real'."
+        )
     for split in ("valid", "test"):
         where = ORACLE_VALID_FOLDER if split == "valid" and oracle else split
         parts[split] = _read_flat(folder / where, root)
@@ -342,7 +349,7 @@ def load_bffhq(
         f"{n['test']:,} images, {found['conflict']} bias-conflicting in training{release}), "
         f"{size}x{size} pixels"
         + (f", from {display_path(folder)}" if real else "")
-        + ("" if real or oracle else "; validation split in the training proportions")
+        + ("" if real or oracle else "; validation split in the 0.5pct training proportions")
     )
     return ImageSplits(
         train=splits["train"],
@@ -383,6 +390,8 @@ def load_bffhq(
 STAND_IN_ALIGNED = {(0, 0): 4_975, (1, 1): 4_975}
 STAND_IN_CONFLICTING = {"0.5pct": 25, "1pct": 50, "2pct": 100}  # per conflicting group
 STAND_IN_EVAL = {"valid": 100, "test": 250}  # per group; "valid": the oracle validation split
+#: The real-composition validation split: 800 faces, so that the 0.5% of them that conflict are
+#: a whole number (2 old women, 2 young men); the release's has 1,000 for 19,200 training faces.
 STAND_IN_REAL_VALID = 800
 #: The stand-in's folder of the group-balanced (oracle) validation split.
 ORACLE_VALID_FOLDER = "valid-oracle"
@@ -509,4 +518,5 @@ SPEC = DatasetSpec(
     options=(STAND_IN_OPTION, STAND_IN_VALIDATION_OPTION, IMAGE_SIZE_OPTION, VERIFY_OPTION),
     name_parts=lambda ratio, options, source: image_name_parts("bffhq", f"ratio{ratio:g}", options),
     profile_epochs={"quick": 5, "full": 30},
+    check_params=check_stand_in_options,
 )

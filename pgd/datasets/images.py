@@ -94,18 +94,28 @@ IMAGE_SIZE_OPTION = Param(
 
 #: The validation splits of the face stand-ins (CelebA, BFFHQ), one per value of
 #: :data:`STAND_IN_VALIDATION_OPTION`: ``oracle``, rich in bias-conflicting faces (BFFHQ's
-#: group-balanced, CelebA's with blond men raised to 5%), on which a rule that reads validation
-#: loss or accuracy comes close to one that knows the groups; ``real``, the real dataset's
-#: composition (the training proportions), on which it does not.
+#: group-balanced, CelebA's with blond men raised to 5%); ``real``, as poor in them as the real
+#: dataset's (CelebA's training proportions; those of BFFHQ's released 0.5% folder).
 STAND_IN_VALIDATIONS = ("oracle", "real")
 STAND_IN_VALIDATION_OPTION = Param(
     "stand_in_validation",
     "oracle",
-    "the face stand-ins' validation split: oracle (rich in bias-conflicting faces, so that "
-    "selection on it is close to selection with the groups known) or real (the real dataset's "
-    "composition: the training proportions); ignored for real data",
+    "the face stand-ins' validation split: oracle (rich in bias-conflicting faces) or real (the "
+    "real dataset's composition: CelebA's training proportions, those of BFFHQ's 0.5pct folder); "
+    "needs --stand-in",
     choices=STAND_IN_VALIDATIONS,
+    identity_at_default=False,  # the runs made before it existed read the oracle split
 )
+
+
+def check_stand_in_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a stand-in validation split asked for without the stand-in (real data has one)."""
+    if options.get("stand_in_validation", "oracle") != "oracle" and not options["stand_in"]:
+        raise ValueError(
+            "stand_in_validation chooses between the stand-in's validation splits; real data "
+            "has its own. Add --stand-in (stand_in=True), or leave the setting out."
+        )
+    return options
 
 
 def image_name_parts(name: str, middle: str, options: Mapping[str, Any]) -> list[str]:

@@ -68,11 +68,13 @@ def proportional_counts(
     remainders; ties go to the group listed first): the composition of a split drawn like the
     one ``counts`` describes, at another size."""
     whole = sum(counts.values())
-    if whole <= 0 or total < 0:
-        raise ValueError(f"need groups with samples and a total >= 0, got {counts} and {total}")
-    quotas = {group: n * total / whole for group, n in counts.items()}
-    out = {group: int(q) for group, q in quotas.items()}
+    if whole <= 0 or total < 0 or min(counts.values()) < 0:
+        raise ValueError(
+            f"need counts >= 0 with some samples and a total >= 0, got {counts} and {total}"
+        )
+    shares = {group: divmod(n * total, whole) for group, n in counts.items()}  # exact integers
+    out = {group: whole_part for group, (whole_part, _) in shares.items()}
     left = total - sum(out.values())
-    for group in sorted(quotas, key=lambda g: -(quotas[g] - out[g]))[:left]:
+    for group in sorted(shares, key=lambda g: -shares[g][1])[:left]:  # stable: ties go first
         out[group] += 1
     return out

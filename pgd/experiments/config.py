@@ -281,8 +281,10 @@ class ExperimentConfig:
     def identity(self) -> dict[str, Any]:
         """What this run is, and nothing else: the common fields (the profile by its name and
         the data it keeps, since the epochs it trains are part of each stage's own settings), this
-        dataset's options and this method's settings, each at its value or default. Registering
-        another dataset or method, or changing another profile, leaves it unchanged."""
+        dataset's options and this method's settings, each at its value or default (a setting
+        declared with ``identity_at_default=False`` only when it is not at its default).
+        Registering another dataset or method, or changing another profile, leaves it
+        unchanged."""
         out: dict[str, Any] = {name: getattr(self, name) for name in COMMON_FIELDS}
         profile = get_profile(self.profile)
         out["profile"] = {
@@ -290,8 +292,17 @@ class ExperimentConfig:
             "max_train": profile.max_train,
             "max_eval": profile.max_eval,
         }
-        out.update({o.name: self.options.get(o.name, o.default) for o in self.dataset_spec.options})
-        out.update({p.name: self.params.get(p.name, p.default) for p in self.method_spec.params})
+        for declared, values in (
+            (self.dataset_spec.options, self.options),
+            (self.method_spec.params, self.params),
+        ):
+            out.update(
+                {
+                    p.name: values[p.name]
+                    for p in declared
+                    if p.identity_at_default or values[p.name] != p.default
+                }
+            )
         return out
 
 

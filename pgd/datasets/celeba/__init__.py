@@ -46,6 +46,7 @@ from ..images import (
     VERIFY_OPTION,
     ImagePipeline,
     ImageSplits,
+    check_stand_in_options,
     image_name_parts,
     image_splits,
     loader_workers,
@@ -91,6 +92,7 @@ __all__ = [
     "IMAGES",
     "MIRROR",
     "OFFICIAL_COUNTS",
+    "ORACLE_PARTITION",
     "PARTITIONS",
     "SPEC",
     "STAND_IN_COUNTS",
@@ -179,6 +181,12 @@ def load_celeba(
     if target == bias:
         raise ValueError(f"the target and bias attributes must differ, both are {target!r}")
     oracle = validation == "oracle" and is_stand_in(folder)
+    if oracle and not (folder / ORACLE_PARTITION).is_file():
+        raise DataUnavailableError(
+            f"the CelebA stand-in in {folder} has no {ORACLE_PARTITION}: an earlier version of "
+            "pgd wrote it. Delete the folder and run again (--stand-in writes it anew), or read "
+            "its one validation split with validation='real'."
+        )
     partition = read_partition(folder, ORACLE_PARTITION if oracle else None)
     missing_rows = partition.index.difference(attributes.index)
     if len(missing_rows):
@@ -336,4 +344,5 @@ SPEC = DatasetSpec(
         "celeba", f"{options['target_attr']}-{options['bias_attr']}", options
     ),
     profile_epochs={"quick": 2, "full": 10},
+    check_params=check_stand_in_options,
 )
