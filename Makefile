@@ -103,7 +103,8 @@ grid: setup
 		--ratios 0.005,0.01,0.02 --methods all --seeds 3 --schedules full --epochs 8 --model cnn \
 		--image-size 48 --selection all --no-progress --out $(GRID_RUNS)/compare/bffhq-stand-in
 	# the same face grids, choosing epochs and settings on a validation split with the real
-	# datasets' composition (the training proportions) instead of the stand-ins' oracle one
+	# datasets' composition (CelebA's training proportions, BFFHQ's 0.5pct folder's) instead of
+	# the stand-ins' oracle one
 	PGD_RUNS=$(GRID_RUNS) PGD_PROGRESS=0 $(BIN)/python -m pgd compare --dataset celeba --stand-in \
 		--stand-in-validation real --methods all --seeds 3 --schedules full --epochs 8 --model cnn \
 		--image-size 48 --selection all --no-progress --out $(GRID_RUNS)/compare/celeba-stand-in-real-valid

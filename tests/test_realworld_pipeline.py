@@ -105,14 +105,17 @@ def test_throughput_is_measured_for_training_and_scoring():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", ["bffhq", "celeba"])
-def test_stand_in_smoke_run_reports_groups_and_says_stand_in(tmp_path, dataset, capsys):
+@pytest.mark.parametrize(("dataset", "validation"), [("bffhq", "oracle"), ("celeba", "real")])
+def test_stand_in_smoke_run_reports_groups_and_says_stand_in(tmp_path, dataset, validation, capsys):
     out = tmp_path / "result.json"
     argv = ["run", "--dataset", dataset, "--stand-in", "--method", "pgd", "--profile", "smoke"]
     argv += ["--epochs", "1", "--image-size", "32"]  # the whole pipeline, at the smallest cost
+    argv += ["--stand-in-validation", validation]
     assert main([*argv, "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "STAND-IN DATA" in printed and "per (label, bias) group" in printed
+    described = json.loads(out.read_text())["data"]["description"]
+    assert ("validation split in the training proportions" in described) == (validation == "real")
     summary = json.loads(out.read_text())
     assert summary["data"]["source"] == "stand-in" and summary["data"]["stand_in"]
     assert summary["config"]["model"] == "resnet18"
