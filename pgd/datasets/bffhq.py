@@ -288,7 +288,8 @@ def load_bffhq(
             full-size real data, which is what a loading measurement should see).
         validation: the stand-in's validation split (:data:`~pgd.datasets.images
             .STAND_IN_VALIDATIONS`): ``oracle``, group-balanced, or ``real``, the training
-            proportions. Real data has one validation split, ``valid/``, whatever this says.
+            proportions of the 0.5pct folder (at every ratio, as the release has one
+            ``valid/``). Real data has one validation split, ``valid/``, whatever this says.
 
     Raises:
         DataUnavailableError: folder or archive missing, or incomplete (says what was found and
