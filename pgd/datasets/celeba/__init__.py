@@ -180,7 +180,8 @@ def load_celeba(
     bias = check_attribute(bias, names, "bias")
     if target == bias:
         raise ValueError(f"the target and bias attributes must differ, both are {target!r}")
-    oracle = validation == "oracle" and is_stand_in(folder)
+    real = not is_stand_in(folder)
+    oracle = validation == "oracle" and not real
     if oracle and not (folder / ORACLE_PARTITION).is_file():
         raise DataUnavailableError(
             f"the CelebA stand-in in {folder} has no {ORACLE_PARTITION}: an earlier version of "
@@ -211,7 +212,6 @@ def load_celeba(
             f"{len(missing):,} are missing (e.g. {missing[0]}). An extraction was probably "
             "interrupted: extract the archive again. " + HOW_TO_GET.format(folder=folder)
         )
-    real = not is_stand_in(folder)
     size = image_size or (REAL_IMAGE_SIZE if real else STAND_IN_IMAGE_SIZE)
     # Orient the bias label so that "aligned" means label == bias label, as everywhere in the
     # book: bias value v is the one that goes with class v in training (positive correlation).

@@ -116,9 +116,8 @@ def read_partition(folder: str | os.PathLike, file: str | None = None) -> pd.Ser
     """The official split of every image: 0 train, 1 valid, 2 test, indexed by file name
     (``file``: read this partition file of ``folder`` instead, as the stand-in's oracle one)."""
     folder = Path(folder)
-    txt, csv = folder / "list_eval_partition.txt", folder / "list_eval_partition.csv"
-    if file is not None:
-        txt, csv = folder / file, folder / file
+    txt = folder / (file or "list_eval_partition.txt")
+    csv = txt.with_suffix(".csv")
     try:
         if txt.is_file():
             part = pd.read_csv(txt, sep=r"\s+", header=None, index_col=0).iloc[:, 0]

@@ -107,6 +107,8 @@ def write_celeba_stand_in(
         part_lines: dict[str, list[str]] = {"real": [], "oracle": []}
         draws = [(split, counts[split], code) for split, code in PARTITIONS.items()]
         for split, groups, code in [*draws, ("real valid", real_valid, PARTITIONS["valid"])]:
+            # the partition files that list this split: each validation split is in one
+            readers = {"valid": ("oracle",), "real valid": ("real",)}.get(split, ("real", "oracle"))
             for t, b in stand_in_groups(groups, rng):
                 number += 1
                 name = f"{number:06d}.jpg"
@@ -117,9 +119,6 @@ def write_celeba_stand_in(
                 for attribute, shown in DRAWN.items():
                     values[ATTRIBUTES.index(attribute)] = 1 if shown(blond, male, old) else -1
                 attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
-                readers = {"valid": ("oracle",), "real valid": ("real",)}.get(
-                    split, ("real", "oracle")
-                )
                 for reader in readers:
                     part_lines[reader].append(f"{name} {code}")
         header = f"{number}\n" + " ".join(ATTRIBUTES) + " \n"
