@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -196,6 +198,37 @@ def test_stand_in_folder_is_written_once_and_never_over_real_files(tmp_path):
     (real / "000001.jpg").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="not a stand-in"):
         stand_in_folder(real, {"dataset": "x"}, write)
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from pgd.datasets.standins import stand_in_folder
+
+def write(out):
+    with open(sys.argv[2], "a") as log:
+        log.write("wrote\\n")
+    time.sleep(1.0)  # a slow generation: the other process arrives while this one writes
+    (out / "a.txt").write_text("1")
+
+print((stand_in_folder(Path(sys.argv[1]), {"dataset": "x"}, write) / "a.txt").read_text())
+"""
+
+
+def test_processes_asking_for_the_same_stand_in_at_once_write_it_once(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    log = tmp_path / "writes.log"
+    command = [sys.executable, str(script), str(tmp_path / "s"), str(log)]
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], [err for _, err in results]
+    assert [out.strip() for out, _ in results] == ["1", "1", "1"]
+    assert log.read_text().count("wrote") == 1
+    assert (tmp_path / "s" / STAND_IN_MARKER).is_file()
 
 
 def test_proportional_counts_keep_the_shares_and_give_exact_ties_to_the_first_group():

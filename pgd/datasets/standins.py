@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from ..core.storage import staged_folder
 
@@ -35,30 +36,44 @@ def stand_in_folder(folder: str | os.PathLike, settings: dict, write) -> Path:
     ``settings``; else call ``write(staging_folder)`` on a fresh folder beside it, add the marker,
     and swap it into place (an interrupted generation never leaves a half-written stand-in).
 
+    Processes that ask for the same folder at once (two grid workers, two notebooks) take turns
+    through a lock file beside it (``.<name>.lock``): the first writes, the others wait and then
+    reuse what it wrote.
+
     Raises:
         FileExistsError: ``folder`` exists, is not empty and is not a stand-in (real data is
             never overwritten).
     """
     folder = Path(folder)
-    marker = folder / STAND_IN_MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text().split("\n", 1)[1]) == settings:
-                return folder
-        except (IndexError, json.JSONDecodeError):
-            pass
-    if folder.exists() and not marker.is_file() and any(folder.iterdir()):
-        raise FileExistsError(
-            f"{folder} holds files but is not a stand-in written by pgd; refusing to overwrite "
-            "it. Choose another folder."
-        )
-    with staged_folder(folder) as staging:
-        write(staging)
-        (staging / STAND_IN_MARKER).write_text(
-            f"Synthetic stand-in for {settings.get('dataset')} written by pgd: not real data.\n"
-            + json.dumps(settings)
-        )
+    if _written_with(folder, settings):  # the common case needs no lock
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f".{folder.name}.lock"):
+        if _written_with(folder, settings):  # another process wrote it while this one waited
+            return folder
+        if folder.exists() and not is_stand_in(folder) and any(folder.iterdir()):
+            raise FileExistsError(
+                f"{folder} holds files but is not a stand-in written by pgd; refusing to "
+                "overwrite it. Choose another folder."
+            )
+        with staged_folder(folder) as staging:
+            write(staging)
+            (staging / STAND_IN_MARKER).write_text(
+                f"Synthetic stand-in for {settings.get('dataset')} written by pgd: not real data.\n"
+                + json.dumps(settings)
+            )
     return folder
+
+
+def _written_with(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` is a stand-in whose marker records exactly ``settings``."""
+    marker = folder / STAND_IN_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text().split("\n", 1)[1]) == settings
+    except (IndexError, json.JSONDecodeError):
+        return False
 
 
 def proportional_counts(
